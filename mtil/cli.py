@@ -1,0 +1,73 @@
+"""`mtil` entry point: a thin argparse layer over the library; `main(argv)` is what tests call."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from . import __version__
+from .errors import MtilError
+
+log = logging.getLogger("mtil")
+
+# subcommand -> (module under mtil.commands, one-line help)
+COMMANDS = {
+    "run": ("run", "train and evaluate a task sequence from a YAML config"),
+    "demo": ("demo", "run the whole pipeline offline on the embedded demo stream"),
+    "report": ("report", "Transfer / Avg / Last tables of run directories beside published rows"),
+    "compare": ("compare", "run a policies x seeds grid and write one table and one figure"),
+    "plot": ("plot", "write the figures of a run directory"),
+    "prepare": ("prepare", "convert a dataset into mtil's prepared on-disk format"),
+    "plasticity": ("plasticity", "the DynamicMoE plasticity study (chunked continual stream)"),
+    "bench": ("bench", "speed and memory ratios measured in one run"),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    parser = argparse.ArgumentParser(prog="mtil", description="Multi-domain task-incremental learning with CLIP "
+                                     "and mixture-of-experts adapters.")
+    parser.add_argument("--version", action="version", version=f"mtil {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(f"mtil.commands.{module_name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"mtil.commands.{module_name}":
+                raise
+            module = None
+        if module is not None:
+            module.add_arguments(p)
+        modules[name] = module
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = modules[args.command]
+    if module is None:
+        print(f"mtil: '{args.command}' is not yet available in this version", file=sys.stderr)
+        return 2
+    try:
+        return int(module.execute(args) or 0)
+    except MtilError as e:
+        print(f"mtil: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mtil: interrupted; finished tasks are checkpointed, continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `mtil` subcommand; each has `add_arguments(parser)` and `execute(args) -> int`."""
