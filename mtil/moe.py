@@ -1,0 +1,327 @@
+"""Mixture-of-experts adapters for open_clip residual blocks.
+
+Placement (MoE-Adapters): in each adapted block the adapter reads the block's `ln_2(x)` and its output is added
+to the MLP's, `x = x + mlp(ln_2(x)) + moe(ln_2(x))`. It is attached with a forward hook on `block.mlp`, so
+open_clip's own modules and weight names stay untouched.
+
+Experts are stacked tensors (`w_down [E, d, h]`, `w_up [E, h, d]`) and a forward pass gathers the selected
+experts' weights per sample and runs two batched matmuls: no Python loop over experts. Routing is per sample,
+from the block's first token (CLS in the image tower, SOT in the text tower). Because the text tower attends
+causally, its SOT token is the same for every prompt, so text routing depends on the router (task) only.
+
+The up-projection and the routers start at zero, so at init an adapted model computes exactly what plain CLIP
+computes. Masks: `active` (inactive experts are never routed to) and `frozen` (see `mtil.optim`, which keeps
+frozen experts bit-identical through optimizer steps).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import backbone
+from .errors import MtilError
+
+TOWERS = ("image", "text")
+
+
+@dataclass
+class Routing:
+    """Shared by every adapter of one model: which router each sample uses, and whether to count usage.
+
+    `route` is None (router 0 for all), an int, or a LongTensor [N] of router ids; -1 switches the adapters
+    off for that sample (it then gets plain CLIP's output).
+    """
+    route: int | torch.Tensor | None = None
+    tracking: bool = False
+    layers: list = field(default_factory=list)
+
+
+class MoEAdapter(nn.Module):
+    """One MoE adapter layer: E bottleneck experts, R routers, top-k or dense gating."""
+
+    def __init__(self, dim: int, num_experts: int, hidden: int, top_k: int, num_routers: int, gating: str,
+                 noisy_gating: bool, dropout: float, scale: float, routing: Routing, batch_first: bool = True,
+                 tower: str = "image", block: int = 0):
+        super().__init__()
+        if gating not in ("topk", "dense"):
+            raise MtilError(f"moe.gating must be 'topk' or 'dense', got {gating!r}")
+        if not 1 <= top_k <= num_experts:
+            raise MtilError(f"moe.top_k must be between 1 and moe.num_experts={num_experts}, got {top_k}")
+        self.dim, self.num_experts, self.hidden, self.top_k = dim, num_experts, hidden, top_k
+        self.gating, self.noisy_gating, self.scale, self.batch_first = gating, noisy_gating, scale, batch_first
+        self.tower, self.block = tower, block
+        self.routing = routing
+        self.w_down = nn.Parameter(torch.empty(num_experts, dim, hidden))
+        self.b_down = nn.Parameter(torch.empty(num_experts, hidden))
+        self.w_up = nn.Parameter(torch.zeros(num_experts, hidden, dim))
+        self.b_up = nn.Parameter(torch.zeros(num_experts, dim))
+        self.router = nn.Parameter(torch.zeros(num_routers, dim, num_experts))
+        self.noise = nn.Parameter(torch.zeros(num_routers, dim, num_experts)) if noisy_gating else None
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("active", torch.ones(num_experts, dtype=torch.bool))
+        self.register_buffer("frozen", torch.zeros(num_experts, dtype=torch.bool))
+        self.register_buffer("window_counts", torch.zeros(num_experts, dtype=torch.long))
+        self.register_buffer("task_counts", torch.zeros(num_experts, dtype=torch.long))
+        self.register_buffer("gate_mass", torch.zeros(num_experts))
+        self.aux_loss: torch.Tensor | None = None
+        for e in range(num_experts):
+            self.reset_expert(e, zero_up=True)
+
+    # ---- expert management -------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return f"{self.tower}.{self.block}"
+
+    @torch.no_grad()
+    def reset_expert(self, e: int, zero_up: bool = True) -> None:
+        """Fresh init of expert e: down-projection as nn.Linear's default; up-projection zero or default."""
+        bound_d = 1.0 / math.sqrt(self.dim)
+        self.w_down[e].uniform_(-bound_d, bound_d)
+        self.b_down[e].uniform_(-bound_d, bound_d)
+        if zero_up:
+            self.w_up[e].zero_()
+            self.b_up[e].zero_()
+        else:
+            bound_h = 1.0 / math.sqrt(self.hidden)
+            self.w_up[e].uniform_(-bound_h, bound_h)
+            self.b_up[e].uniform_(-bound_h, bound_h)
+
+    def expert_tensors(self) -> list[nn.Parameter]:
+        """The per-expert parameter tensors (first dim = expert)."""
+        return [self.w_down, self.b_down, self.w_up, self.b_up]
+
+    def router_tensors(self) -> list[nn.Parameter]:
+        """The router parameter tensors (dims: router, input, expert)."""
+        return [self.router] + ([self.noise] if self.noise is not None else [])
+
+    def expert_numel(self) -> int:
+        return sum(t[0].numel() for t in self.expert_tensors())
+
+    # ---- forward -------------------------------------------------------------------------------------------
+    def _routes(self, n: int, device) -> torch.Tensor:
+        route = self.routing.route
+        if route is None:
+            return torch.zeros(n, dtype=torch.long, device=device)
+        if isinstance(route, int):
+            return torch.full((n,), route, dtype=torch.long, device=device)
+        if route.shape[0] != n:
+            raise MtilError(f"routing has {route.shape[0]} router ids for a batch of {n}")
+        return route.to(device)
+
+    def gates(self, tok: torch.Tensor, routes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Router decision for first tokens `tok` [N, d]: (expert ids [N, k], gate weights [N, k], full gates [N, E])."""
+        r = routes.clamp(min=0)
+        clean = torch.einsum("nd,nde->ne", tok, self.router[r].to(tok.dtype))
+        logits = clean
+        noise_std = None
+        if self.training and self.noise is not None:
+            noise_std = F.softplus(torch.einsum("nd,nde->ne", tok, self.noise[r].to(tok.dtype))) + 1e-2
+            logits = clean + torch.randn_like(clean) * noise_std
+        logits = logits.masked_fill(~self.active, float("-inf"))
+        n_active = int(self.active.sum())
+        if self.gating == "dense":
+            idx = self.active.nonzero().squeeze(1).expand(tok.shape[0], n_active)
+            weights = torch.softmax(logits.gather(1, idx), dim=1)
+        else:
+            k = min(self.top_k, n_active)
+            top, idx = logits.topk(k, dim=1)
+            weights = torch.softmax(top, dim=1)
+        weights = weights * (routes >= 0).unsqueeze(1).to(weights.dtype)
+        full = torch.zeros_like(clean).scatter(1, idx, weights)
+        if self.training:
+            self.aux_loss = self._balance_loss(full, clean, logits, noise_std)
+        return idx, weights, full
+
+    def _balance_loss(self, full, clean, noisy, noise_std) -> torch.Tensor:
+        """Shazeer et al. (2017): CV^2 of expert importance plus CV^2 of the smooth load estimate."""
+        active = self.active
+        importance = full.sum(0)[active]
+        if noise_std is not None and self.gating == "topk":
+            k = min(self.top_k, int(active.sum()))
+            if k < int(active.sum()):
+                top = noisy.topk(k + 1, dim=1).values
+                in_top = noisy >= top[:, k - 1:k]
+                threshold = torch.where(in_top, top[:, k:k + 1], top[:, k - 1:k])
+                load = torch.distributions.Normal(0.0, 1.0).cdf((clean - threshold) / noise_std).sum(0)[active]
+            else:
+                load = importance.new_full(importance.shape, float(full.shape[0]))
+        else:
+            load = (full > 0).float().sum(0)[active]
+
+        def cv2(v):
+            return v.float().var(unbiased=False) / (v.float().mean() ** 2 + 1e-10) if v.numel() > 1 else v.sum() * 0
+        return cv2(importance) + cv2(load)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h: the block's ln_2 output, [N, L, d] (or [L, N, d] when not batch-first). Returns the adapter output."""
+        x = h if self.batch_first else h.transpose(0, 1)
+        n = x.shape[0]
+        routes = self._routes(n, x.device)
+        idx, weights, full = self.gates(x[:, 0], routes)
+        out = self.dispatch(x, idx, weights)
+        if self.routing.tracking and self.training:
+            self._count(idx, full, routes)
+        return out if self.batch_first else out.transpose(0, 1)
+
+    def dispatch(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Vectorized expert mixture: gather the chosen experts' weights per sample, two batched matmuls."""
+        n, length, d = x.shape
+        k = idx.shape[1]
+        dtype = x.dtype
+        w_down = self.w_down[idx].to(dtype)                       # [N, k, d, h]
+        hid = torch.einsum("nld,nkdh->nklh", x, w_down) + self.b_down[idx].to(dtype).unsqueeze(2)
+        hid = self.dropout(F.relu(hid)) * weights.to(dtype)[:, :, None, None]
+        w_up = self.w_up[idx].to(dtype)                           # [N, k, h, d]
+        out = torch.einsum("nklh,nkhd->nld", hid, w_up)
+        out = out + torch.einsum("nk,nkd->nd", weights.to(dtype), self.b_up[idx].to(dtype)).unsqueeze(1)
+        return out * self.scale
+
+    @torch.no_grad()
+    def _count(self, idx: torch.Tensor, full: torch.Tensor, routes: torch.Tensor) -> None:
+        """Count, per sample, the experts among its top-k (dense gating: the k largest gates)."""
+        routed = routes >= 0
+        if self.gating == "dense":
+            k = min(self.top_k, int(self.active.sum()))
+            idx = full.topk(k, dim=1).indices
+        sel = idx[routed].flatten()
+        counts = torch.bincount(sel, minlength=self.num_experts)
+        self.window_counts += counts
+        self.task_counts += counts
+        self.gate_mass += full[routed].float().sum(0)
+
+
+class _AdapterHook:
+    """Forward hook on `block.mlp`: adds the adapter's output to the MLP's."""
+
+    def __init__(self, adapter: MoEAdapter):
+        self.adapter = adapter
+
+    def __call__(self, module, inputs, output):
+        route = self.adapter.routing.route
+        if isinstance(route, int) and route < 0:
+            return output
+        return output + self.adapter(inputs[0])
+
+
+class AdaptedCLIP(nn.Module):
+    """A frozen open_clip model with MoE adapters in its residual blocks.
+
+    `encode_image(images, route)` / `encode_text(tokens, route)` take a router id (int) or one per sample
+    (LongTensor; -1 = plain CLIP for that sample). `layers` lists the adapters in (tower, block) order.
+    """
+
+    def __init__(self, clip: nn.Module, layers: list[MoEAdapter], routing: Routing):
+        super().__init__()
+        self.clip = clip
+        self.routing = routing
+        self._layers = layers  # also registered inside clip's blocks (as `block.moe`)
+
+    @property
+    def layers(self) -> list[MoEAdapter]:
+        return self._layers
+
+    def train(self, mode: bool = True):
+        """Only the adapters switch mode; the backbone always stays in eval mode."""
+        super().train(False)
+        for layer in self._layers:
+            layer.train(mode)
+        self.training = mode
+        return self
+
+    def _encode(self, fn, inputs, route, normalize: bool):
+        previous = self.routing.route
+        self.routing.route = route
+        try:
+            return fn(inputs, normalize=normalize)
+        finally:
+            self.routing.route = previous
+
+    def encode_image(self, images: torch.Tensor, route=0, normalize: bool = True) -> torch.Tensor:
+        return self._encode(self.clip.encode_image, images, route, normalize)
+
+    def encode_text(self, tokens: torch.Tensor, route=0, normalize: bool = True) -> torch.Tensor:
+        return self._encode(self.clip.encode_text, tokens, route, normalize)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, route=0) -> torch.Tensor:
+        """Training forward: CLIP logits of images against the prompts `tokens` (one per class), both towers
+        routed by `route`. Going through `forward` is what lets DDP synchronise the adapter gradients."""
+        img = self.encode_image(images, route)
+        txt = self.encode_text(tokens, route)
+        return self.clip.logit_scale.exp() * img @ txt.t()
+
+    def aux_loss(self) -> torch.Tensor:
+        losses = [layer.aux_loss for layer in self._layers if layer.aux_loss is not None]
+        return torch.stack(losses).mean() if losses else torch.zeros(())
+
+    # ---- parameter accounting ------------------------------------------------------------------------------
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        return [p for layer in self._layers for p in layer.parameters()]
+
+    def param_counts(self) -> dict[str, int]:
+        """Adapter parameters: total, active (active experts + router columns), frozen, trainable, routers."""
+        total = active = frozen = routers = 0
+        for layer in self._layers:
+            per_expert = layer.expert_numel()
+            n_active = int(layer.active.sum())
+            n_frozen = int((layer.frozen & layer.active).sum())
+            router_cols = sum(t[0, :, 0].numel() for t in layer.router_tensors())  # one router, one column
+            total += per_expert * layer.num_experts + sum(t.numel() for t in layer.router_tensors())
+            active += (per_expert + router_cols) * n_active
+            frozen += per_expert * n_frozen
+            routers += sum(t.numel() for t in layer.router_tensors())
+        return {"total": total, "active": active, "frozen": frozen, "trainable_experts": active - frozen, "routers": routers}
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Adapter weights, routers and masks only (never the frozen backbone), keyed `tower.block.param`."""
+        return {f"{layer.name}.{k}": v.detach().clone() for layer in self._layers for k, v in layer.state_dict().items()}
+
+    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.adapter_state_dict())
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
+            raise MtilError(f"checkpoint does not match this model's adapters (missing {missing}, unexpected {extra}); "
+                            "was it written with another moe/model config?")
+        for layer in self._layers:
+            prefix = f"{layer.name}."
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            for k, v in sub.items():
+                if layer.state_dict()[k].shape != v.shape:
+                    raise MtilError(f"checkpoint tensor {prefix}{k} has shape {tuple(v.shape)}, model has "
+                                    f"{tuple(layer.state_dict()[k].shape)}; was it written with another moe config?")
+            layer.load_state_dict(sub)
+
+
+def attach(clip: nn.Module, *, towers=("image", "text"), blocks=None, num_experts: int = 22, top_k: int = 2,
+           hidden: int = 64, num_routers: int = 1, gating: str = "topk", noisy_gating: bool = True,
+           dropout: float = 0.1, scale: float = 0.1) -> AdaptedCLIP:
+    """Put an MoE adapter in parallel to the MLP of the chosen blocks of the chosen towers."""
+    available = backbone.towers(clip)
+    routing = Routing()
+    layers = []
+    for tower in towers:
+        if tower not in TOWERS:
+            raise MtilError(f"unknown tower '{tower}' in moe.towers; valid towers: {', '.join(TOWERS)}")
+        if tower not in available:
+            raise MtilError(f"this model has no {tower} transformer to adapt; valid towers here: {', '.join(available)}")
+        transformer = available[tower]
+        n_blocks = len(transformer.resblocks)
+        start, stop = (0, n_blocks) if blocks is None else (int(blocks[0]), int(blocks[1]))
+        if not 0 <= start < stop <= n_blocks:
+            raise MtilError(f"moe.blocks [{start}, {stop}) is outside the {tower} tower's {n_blocks} blocks")
+        for b in range(start, stop):
+            block = transformer.resblocks[b]
+            if hasattr(block, "moe"):
+                raise MtilError("this model already carries MoE adapters; attach them once")
+            dim = block.ln_2.normalized_shape[0]
+            adapter = MoEAdapter(dim, num_experts, hidden, top_k, num_routers, gating, noisy_gating, dropout, scale,
+                                 routing, batch_first=getattr(transformer, "batch_first", True), tower=tower, block=b)
+            adapter.to(next(clip.parameters()).device)
+            block.moe = adapter
+            block.mlp.register_forward_hook(_AdapterHook(adapter))
+            layers.append(adapter)
+    routing.layers = layers
+    return AdaptedCLIP(clip, layers, routing).train(False)

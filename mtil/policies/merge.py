@@ -1,0 +1,54 @@
+"""`merge` (expert merging in MoE, composed with freeze).
+
+Every `merge.every` steps of a task (after `merge.warmup` steps), in every layer: the two experts selected most
+often in the current window, a and b, are averaged (every expert tensor, W = (W_a + W_b) / 2) into the
+least-used non-frozen slot c (c not in {a, b}); c's optimizer state is reset and the window restarts. The router
+keeps learning whether to pick the merged expert. With `merge.window` set, only the last `window` steps before a
+merge are counted. A layer with fewer than two selected experts or no eligible slot is skipped and logged.
+"""
+import torch
+
+from .. import optim
+from .base import TrainContext, register
+from .freeze import Freeze
+
+
+@register("merge")
+class Merge(Freeze):
+    def begin_task(self, ctx: TrainContext) -> None:
+        self.tracker.new_window()
+
+    def after_step(self, ctx: TrainContext) -> None:
+        mc = self.cfg.policy.merge
+        step = ctx.step
+        if mc.window is not None and mc.window < mc.every and step % mc.every == mc.every - mc.window:
+            self.tracker.new_window()
+        if step < mc.warmup or step % mc.every != 0:
+            return
+        for layer, counts in zip(self.model.layers, self.tracker.window()):
+            self.merge_layer(ctx, layer, counts)
+        self.tracker.new_window()
+
+    @torch.no_grad()
+    def merge_layer(self, ctx: TrainContext, layer, counts: torch.Tensor) -> None:
+        mc = self.cfg.policy.merge
+        sources = layer.active if mc.frozen_sources else layer.active & ~layer.frozen
+        ranked = torch.argsort(counts.masked_fill(~sources, -1), descending=True, stable=True)
+        a, b = int(ranked[0]), int(ranked[1]) if len(ranked) > 1 else -1
+        if b < 0 or counts[a] <= 0 or counts[b] <= 0 or not bool(sources[b]):
+            self.log(ctx, "merge-skipped", layer, [], reason="fewer than two selected experts in the window")
+            return
+        eligible = layer.active & ~layer.frozen
+        eligible[[a, b]] = False
+        if not bool(eligible.any()):
+            self.log(ctx, "merge-skipped", layer, [a, b], reason="no eligible (non-frozen, unused) slot")
+            return
+        c = int(torch.argmin(counts.masked_fill(~eligible, torch.iinfo(counts.dtype).max)))
+        for tensor in layer.expert_tensors():
+            tensor.data[c] = (tensor.data[a] + tensor.data[b]) / 2
+        if mc.copy_router:
+            for tensor in layer.router_tensors():
+                tensor.data[:, :, c] = (tensor.data[:, :, a] + tensor.data[:, :, b]) / 2
+        if ctx.optimizer is not None:
+            optim.reset_state(ctx.optimizer, layer, c, router_column=mc.copy_router)
+        self.log(ctx, "merge", layer, [a, b, c], counts=[int(counts[a]), int(counts[b]), int(counts[c])])
