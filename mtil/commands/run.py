@@ -1,0 +1,64 @@
+"""`mtil run CONFIG [--set k=v ...] --out DIR [--resume]`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import config
+from ..errors import MtilError
+
+
+def add_arguments(p) -> None:
+    p.add_argument("config", nargs="?", help="YAML config (path or name under configs/); with --resume, defaults to "
+                   "the run directory's config.yaml")
+    add_common(p)
+
+
+def add_common(p) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+
+def load_config(path, overrides, out: Path | None, resume: bool):
+    if path is None:
+        if not (resume and out is not None and (out / "config.yaml").exists()):
+            raise MtilError("give a config file (e.g. configs/mtil_order1.yaml), or --resume --out DIR of an existing run")
+        path = out / "config.yaml"
+    return config.load(path, overrides)
+
+
+def summary_lines(results: dict, out: Path) -> list[str]:
+    names = results["tasks"]
+    width = max(len(n) for n in names)
+    lines = [f"accuracy matrix (%), row i = after training task i, column j = dataset j ({out / 'results.json'})",
+             " " * (width + 2) + " ".join(f"{n[:7]:>7}" for n in names)]
+    for name, row in zip(names, results["matrix"]):
+        lines.append(f"{name:>{width}}  " + " ".join(f"{a:7.1f}" for a in row))
+    if results.get("complete"):
+        lines.append(f"Transfer {results['transfer']:.2f}  Avg {results['avg']:.2f}  Last {results['last']:.2f}  "
+                     f"BWT {results['bwt']:.2f}")
+    if results.get("selector_accuracy_mean") is not None:
+        lines.append(f"task selector accuracy {results['selector_accuracy_mean']:.1f}%")
+    return lines
+
+
+def execute_run(cfg, out: Path, resume: bool) -> int:
+    from ..run import Run
+    run = Run(cfg, out, resume)
+    results = run.execute()
+    if run.accelerator.is_main_process:
+        print("\n".join(summary_lines(results, out)))
+        if cfg.output.plots:
+            from ..plots import plot_run
+            paths = plot_run(out)
+            print(f"figures: {out / 'figures'} ({len(paths)} files)")
+    return 0
+
+
+def execute(args) -> int:
+    out = Path(args.out) if args.out else None
+    cfg = load_config(args.config, args.overrides, out, args.resume)
+    if out is None:
+        out = Path("runs") / Path(args.config).stem
+    return execute_run(cfg, out, args.resume)

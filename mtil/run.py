@@ -1,0 +1,250 @@
+"""One MTIL run, start to end: the walk of DESIGN.md section 8.
+
+config -> backbone.load -> moe.attach -> policies.build -> for each task: train.fit_task -> evaluate.row ->
+results + checkpoint (atomic) -> metrics.summarize. Checkpoints hold adapters, routers, masks, optimizer,
+scheduler, RNG states, tracker and policy state (never the frozen backbone) and the phase reached, so
+`resume=True` continues mid-task, after training, or after evaluation and ends with the same matrix.
+
+Run directory: config.yaml (resolved), results.json, events.jsonl, usage.npz, checkpoints/last.pt, figures/.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+import yaml
+
+from . import backbone, checkpoint, config, metrics, moe, policies
+from .config import Config
+from .data import pipeline
+from .errors import MtilError
+from .evaluate import Evaluator
+from .tracker import UsageTracker
+from .train import fit_task
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoints/last.pt"
+# keys that may differ between the run that wrote a checkpoint and the run that resumes it
+RESUME_MAY_CHANGE = {"data.root", "data.num_workers", "eval.batch_size", "eval.pixel_cache_mb", "output.plots",
+                     "train.log_every", "model.pretrained"}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MTIL_CACHE", Path.home() / ".cache" / "mtil")).expanduser()
+
+
+def versions() -> dict:
+    out = {}
+    for pkg in ("mtil", "torch", "open_clip_torch", "timm", "accelerate", "datasets", "scikit-learn"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_compatible(saved: dict, current: Config) -> None:
+    old, new = _flatten(saved), _flatten(config.unwrap(current))
+    for key in sorted(set(old) | set(new)):
+        if key in RESUME_MAY_CHANGE or any(key.startswith(k + ".") for k in RESUME_MAY_CHANGE):
+            continue
+        if old.get(key) != new.get(key):
+            raise MtilError(f"the checkpoint in this run directory was written with {key}={old.get(key)!r}, now "
+                            f"{new.get(key)!r}; resume with the original config or start a new --out")
+
+
+def prepare_out_dir(out: Path, resume: bool) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise MtilError(f"output directory '{out}' is not writable ({e.strerror}); choose another --out") from None
+    has_run = (out / "results.json").exists() or (out / CHECKPOINT).exists()
+    if resume and not (out / CHECKPOINT).exists():
+        raise MtilError(f"--resume: no checkpoint in '{out}' ({CHECKPOINT} missing); run without --resume to start")
+    if not resume and has_run:
+        raise MtilError(f"'{out}' already holds a run; continue it with --resume or choose another --out")
+
+
+def _apply_demo_assets(cfg: Config) -> None:
+    """The embedded demo: build its data and pre-trained tiny CLIP into the cache when missing."""
+    from .pretrain import ensure_demo_assets
+    root, weights = ensure_demo_assets(cache_dir(), cfg.demo, cfg.demo.seed)
+    cfg.data.root = str(root)
+    cfg.model.pretrained = str(weights)
+
+
+class Run:
+    """Holds the live objects of one run; `execute()` does the task loop."""
+
+    def __init__(self, cfg: Config, out: str | os.PathLike, resume: bool = False):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.cfg, self.out, self.resume = cfg, Path(out), resume
+        if cfg.model.precision not in ("fp32", "bf16", "fp16"):
+            raise MtilError(f"model.precision must be fp32, bf16 or fp16, got {cfg.model.precision!r}")
+        if cfg.moe.router not in ("per_task", "shared"):
+            raise MtilError(f"moe.router must be per_task or shared, got {cfg.moe.router!r}")
+        if not cfg.data.order:
+            raise MtilError("data.order is empty; list the datasets to learn, in order")
+        self.accelerator = Accelerator(mixed_precision="no" if cfg.model.precision == "fp32" else cfg.model.precision)
+        if self.accelerator.is_main_process:
+            prepare_out_dir(self.out, resume)
+        self.accelerator.wait_for_everyone()
+        set_seed(cfg.seed, device_specific=True)
+        if cfg.data.demo:
+            _apply_demo_assets(cfg)
+        self.backbone = backbone.load(cfg.model.name, cfg.model.pretrained, device=self.accelerator.device)
+        self.tasks = [pipeline.load_task(cfg.data, name, cfg.seed) for name in cfg.data.order]
+        self.names = [t.name for t in self.tasks]
+        kwargs = dict(towers=tuple(cfg.moe.towers), blocks=cfg.moe.blocks, num_experts=cfg.moe.num_experts,
+                      top_k=cfg.moe.top_k, hidden=cfg.moe.hidden, gating=cfg.moe.gating,
+                      noisy_gating=cfg.moe.noisy_gating, dropout=cfg.moe.dropout, scale=cfg.moe.scale,
+                      num_routers=len(self.tasks) if cfg.moe.router == "per_task" else 1)
+        kwargs.update(policies.moe_overrides(cfg))
+        self.adapted = moe.attach(self.backbone.model, **kwargs)
+        self.tracker = UsageTracker(self.adapted)
+        self.policy = policies.build(cfg, self.adapted, self.tracker)
+        self.evaluator = Evaluator(self.adapted, self.tasks, self.backbone.preprocess_val, self.backbone.tokenizer,
+                                   eval_cfg=cfg.eval, selector_cfg=cfg.selector, data_cfg=cfg.data, seed=cfg.seed,
+                                   shared_router=cfg.moe.router == "shared", device=self.accelerator.device,
+                                   autocast=self.accelerator.autocast)
+        self.progress = {"task": 0, "phase": "train", "step": 0, "global_step": 0}
+        self.rows: list[list[float]] = []
+        self.selector_accuracy: list[float | None] = []
+        self.params: list[dict] = []
+        self.train_state = None
+
+    # ---- state --------------------------------------------------------------------------------------------------
+    def state(self, train_state: dict | None = None) -> dict:
+        rng = [checkpoint.rng_state()]
+        if self.accelerator.num_processes > 1:
+            rng = [None] * self.accelerator.num_processes
+            torch.distributed.all_gather_object(rng, checkpoint.rng_state())
+        return {"format": 1, "progress": dict(self.progress), "adapters": self.adapted.adapter_state_dict(),
+                "train_state": train_state, "rng": rng, "tracker": self.tracker.state_dict(),
+                "policy": self.policy.state_dict(), "rows": self.rows, "selector_accuracy": self.selector_accuracy,
+                "params": self.params}
+
+    def save(self, train_state: dict | None = None) -> None:
+        state = self.state(train_state)
+        if self.accelerator.is_main_process:
+            checkpoint.torch_save(state, self.out / CHECKPOINT)
+            self.write_outputs()
+        self.accelerator.wait_for_everyone()
+
+    def load(self) -> None:
+        saved_cfg = yaml.safe_load((self.out / "config.yaml").read_text()) if (self.out / "config.yaml").exists() else None
+        if saved_cfg is not None:
+            check_compatible(saved_cfg, self.cfg)
+        try:
+            state = torch.load(self.out / CHECKPOINT, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise MtilError(f"cannot read {self.out / CHECKPOINT} ({type(e).__name__}); it is not an mtil checkpoint") from None
+        if not isinstance(state, dict) or state.get("format") != 1:
+            raise MtilError(f"{self.out / CHECKPOINT} is not an mtil checkpoint of this version")
+        self.adapted.load_adapter_state_dict(state["adapters"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.policy.load_state_dict(state["policy"])
+        self.progress = state["progress"]
+        self.rows, self.selector_accuracy, self.params = state["rows"], state["selector_accuracy"], state["params"]
+        self.train_state = state["train_state"]
+        rng = state["rng"]
+        checkpoint.set_rng_state(rng[self.accelerator.process_index if len(rng) > 1 else 0])
+        log.info("resumed %s at task %d (%s), phase %s, step %d", self.out, self.progress["task"] + 1,
+                 self.names[min(self.progress["task"], len(self.names) - 1)], self.progress["phase"], self.progress["step"])
+
+    # ---- outputs ------------------------------------------------------------------------------------------------
+    def results(self) -> dict:
+        complete = len(self.rows) == len(self.tasks)
+        out = {"tasks": self.names, "matrix": self.rows, "complete": complete, "policy": self.cfg.policy.name,
+               "eval_mode": self.cfg.eval.mode, "seed": self.cfg.seed, "selector_accuracy": self.selector_accuracy,
+               "params": self.params, "versions": versions()}
+        if complete:
+            summary = metrics.summarize(self.rows, self.names)
+            out.update(summary)
+        sel = [a for a in self.selector_accuracy if a is not None]
+        out["selector_accuracy_mean"] = sum(sel) / len(sel) if sel else None
+        return out
+
+    def write_outputs(self) -> None:
+        checkpoint.write_json(self.out / "results.json", self.results())
+        checkpoint.write_jsonl(self.out / "events.jsonl", self.policy.events)
+        checkpoint.numpy_savez(self.out / "usage.npz", **self.tracker.arrays(self.names))
+
+    # ---- the task loop ------------------------------------------------------------------------------------------
+    def execute(self) -> dict:
+        if self.resume:
+            self.load()
+        else:
+            self.policy.setup()
+            if self.accelerator.is_main_process:
+                checkpoint.write_text(self.out / "config.yaml", config.dump(self.cfg))
+        model = self.accelerator.prepare_model(self.adapted)
+        routers = [t if self.cfg.moe.router == "per_task" else 0 for t in range(len(self.tasks))]
+        if self.cfg.eval.mode == "selector":
+            last_fitted = self.progress["task"] if self.progress["phase"] == "train" else self.progress["task"] + 1
+            for t in range(last_fitted):
+                self.evaluator.fit_selector(t)
+        while self.progress["task"] < len(self.tasks):
+            t = self.progress["task"]
+            if self.progress["phase"] == "train":
+                started = time.time()
+
+                def save_mid_task(train_state, t=t):
+                    self.progress.update(step=train_state["step"], global_step=train_state["global_step"])
+                    self.save(train_state)
+
+                global_step = fit_task(
+                    accelerator=self.accelerator, model=model, adapted=self.adapted, policy=self.policy,
+                    tracker=self.tracker, task=self.tasks[t], task_index=t, router=routers[t], cfg=self.cfg,
+                    transform=self.backbone.preprocess_train, tokenizer=self.backbone.tokenizer,
+                    start_step=self.progress["step"], global_step=self.progress["global_step"],
+                    resume_state=self.train_state, save_checkpoint=save_mid_task)
+                self.train_state = None
+                self.params.append({"task": self.names[t], **self.adapted.param_counts()})
+                self.progress.update(phase="trained", step=self.cfg.train.iterations, global_step=global_step)
+                self.save()
+                log.info("task %d/%d %s trained in %.1fs", t + 1, len(self.tasks), self.names[t], time.time() - started)
+            if self.cfg.eval.mode == "selector":
+                self.evaluator.fit_selector(t)
+            if self.accelerator.is_main_process:
+                row = self.evaluator.row(t + 1)
+            else:
+                row = None
+            row = self._broadcast(row)
+            self.rows.append([round(a, 4) for a in row["accuracies"]])
+            self.selector_accuracy.append(row["selector_accuracy"])
+            log.info("after %s: %s", self.names[t], " ".join(f"{n}={a:.1f}" for n, a in zip(self.names, row["accuracies"])))
+            self.progress.update(task=t + 1, phase="train", step=0)
+            self.save()
+        return self.results()
+
+    def _broadcast(self, obj):
+        if self.accelerator.num_processes == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def run(cfg: Config, out: str | os.PathLike, resume: bool = False) -> dict:
+    """Train and evaluate the configured task sequence; returns results.json's content."""
+    return Run(cfg, out, resume).execute()

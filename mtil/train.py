@@ -1,0 +1,96 @@
+"""Training of one task: the step loop that calls into the policy (begin_task / after_step / end_task).
+
+Per task: a fresh AdamW over the adapters with the task's learning rate and timm's cosine schedule with
+warm-up (stepped per update); CLIP logits of the batch against the task's class prompts (first template),
+cross-entropy with label smoothing, plus the load-balancing loss when its weight is > 0. The `SliceGuard`
+keeps frozen / inactive experts and the other tasks' routers bit-identical. A non-finite loss stops the run
+before anything is written, so the last checkpoint stays the last good one.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import optim
+from .data.pipeline import SKIPPED, TaskData, train_loader
+from .errors import MtilError
+from .policies import Policy, TrainContext
+
+log = logging.getLogger(__name__)
+
+
+def task_lr(train_cfg, name: str) -> float:
+    return float(train_cfg.lr_per_task.get(name, train_cfg.lr))
+
+
+def fit_task(*, accelerator, model, adapted, policy: Policy, tracker, task: TaskData, task_index: int, router: int,
+             cfg, transform, tokenizer, start_step: int, global_step: int, resume_state: dict | None,
+             save_checkpoint: Callable[[dict], None]) -> int:
+    """Train task `task_index` from `start_step` to `cfg.train.iterations`; returns the new global step.
+
+    `model` is what accelerate prepared (maybe DDP-wrapped), `adapted` the bare `AdaptedCLIP`.
+    `save_checkpoint(train_state)` is called for mid-task checkpoints with optimizer/scheduler state.
+    """
+    tc = cfg.train
+    iterations = tc.iterations
+    optimizer = optim.build_optimizer(adapted, task_lr(tc, task.name), tc.weight_decay)
+    scheduler = optim.build_scheduler(optimizer, iterations, tc.warmup_steps, tc.min_lr)
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+    guard = optim.SliceGuard(adapted, optimizer, router)
+    prepared_optimizer = accelerator.prepare_optimizer(optimizer, device_placement=True)
+    ctx = TrainContext(task_index, task.name, start_step, global_step, optimizer)
+    if start_step == 0:
+        tracker.new_window()
+        policy.begin_task(ctx)
+    tokens = tokenizer([p[0] for p in task.prompts(all_templates=False)]).to(accelerator.device)
+    loader = train_loader(task, transform, seed=cfg.seed, task_index=task_index, start=start_step, stop=iterations,
+                          batch_size=tc.batch_size, rank=accelerator.process_index, world=accelerator.num_processes,
+                          workers=cfg.data.num_workers, bad_images=cfg.data.bad_images)
+    adapted.routing.tracking = True
+    model.train()
+    bar = tqdm(loader, total=len(loader), desc=f"task {task_index + 1} {task.name}", leave=False, disable=None)
+    for batch in bar:
+        if batch is None:
+            continue
+        images, labels = (t.to(accelerator.device) for t in batch)
+        with accelerator.autocast():
+            logits = model(images, tokens, router)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=tc.label_smoothing)
+            if cfg.moe.balance_weight > 0:
+                loss = loss + cfg.moe.balance_weight * adapted.aux_loss()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise MtilError(f"loss became {value} at task {task_index + 1} ({task.name}) step {ctx.step + 1}; the "
+                            f"last good checkpoint is kept; lower train.lr_per_task.{task.name} or train.lr and --resume")
+        accelerator.backward(loss)
+        if tc.grad_clip:
+            accelerator.clip_grad_norm_(adapted.adapter_parameters(), tc.grad_clip)
+        scheduler.step_update(ctx.step + 1)  # lr of this update: warm-up starts at lr / warmup_steps, not 0
+        prepared_optimizer.step()
+        prepared_optimizer.zero_grad(set_to_none=True)
+        ctx.step += 1
+        ctx.global_step += 1
+        policy.after_step(ctx)
+        if ctx.step % tc.router_snapshot_every == 0:
+            tracker.snapshot_router(ctx.global_step)
+        if ctx.step % tc.log_every == 0:
+            log.debug("task %s step %d loss %.4f lr %.2e", task.name, ctx.step, value, optimizer.param_groups[0]["lr"])
+            bar.set_postfix(loss=f"{value:.3f}")
+        if tc.checkpoint_every and ctx.step % tc.checkpoint_every == 0 and ctx.step < iterations:
+            save_checkpoint({"step": ctx.step, "global_step": ctx.global_step,
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+    adapted.routing.tracking = False
+    policy.end_task(ctx)
+    tracker.end_task()
+    guard.remove()
+    skipped = SKIPPED.get((task.name, "train"), 0)
+    if skipped:
+        log.warning("%s: %d undecodable training images skipped (data.bad_images=skip)", task.name, skipped)
+    return ctx.global_step
