@@ -24,6 +24,8 @@ class UsageTracker:
     def __init__(self, model: AdaptedCLIP):
         self.layers = model.layers
         self.task_history: list[np.ndarray] = []      # one [L, E] count matrix per finished task
+        self.frozen_history: list[np.ndarray] = []    # [L] frozen experts per layer after each task
+        self.active_history: list[np.ndarray] = []    # [L] active experts per layer after each task
         self.router_history: list[np.ndarray] = []    # [L, E] mean gate weight per snapshot
         self.router_steps: list[int] = []
 
@@ -46,6 +48,8 @@ class UsageTracker:
     def end_task(self) -> np.ndarray:
         counts = self.task_counts().cpu().numpy()
         self.task_history.append(counts)
+        self.frozen_history.append(np.array([int(layer.frozen.sum()) for layer in self.layers]))
+        self.active_history.append(np.array([int(layer.active.sum()) for layer in self.layers]))
         for layer in self.layers:
             layer.task_counts.zero_()
         return counts
@@ -61,16 +65,22 @@ class UsageTracker:
 
     def state_dict(self) -> dict:
         return {"task_history": [h.tolist() for h in self.task_history],
+                "frozen_history": [h.tolist() for h in self.frozen_history],
+                "active_history": [h.tolist() for h in self.active_history],
                 "router_history": [h.tolist() for h in self.router_history],
                 "router_steps": list(self.router_steps)}
 
     def load_state_dict(self, state: dict) -> None:
         self.task_history = [np.asarray(h, dtype=np.int64) for h in state["task_history"]]
+        self.frozen_history = [np.asarray(h, dtype=np.int64) for h in state["frozen_history"]]
+        self.active_history = [np.asarray(h, dtype=np.int64) for h in state["active_history"]]
         self.router_history = [np.asarray(h, dtype=np.float32) for h in state["router_history"]]
         self.router_steps = list(state["router_steps"])
 
     def arrays(self, tasks: list[str]) -> dict[str, np.ndarray]:
-        """`usage.npz` content: per tower, usage [T, B, E] and router weights [S, B, E]; plus names and steps."""
+        """`usage.npz` content. Per tower: `<tower>_blocks` [B] block indices, `<tower>_usage` [T, B, E] selection
+        counts per finished task, `<tower>_frozen` / `<tower>_active` [T, B] expert counts after each task,
+        `<tower>_router` [S, B, E] mean gate weights per snapshot. Shared: `tasks` [T], `router_steps` [S]."""
         out = {"tasks": np.array(tasks[:len(self.task_history)]), "router_steps": np.array(self.router_steps, dtype=np.int64)}
         for tower in sorted({layer.tower for layer in self.layers}):
             rows = [i for i, layer in enumerate(self.layers) if layer.tower == tower]
@@ -78,6 +88,9 @@ class UsageTracker:
             num_experts = self.layers[rows[0]].num_experts
             out[f"{tower}_usage"] = (np.stack([h[rows] for h in self.task_history]) if self.task_history
                                      else np.zeros((0, len(rows), num_experts), dtype=np.int64))
+            for key, history in (("frozen", self.frozen_history), ("active", self.active_history)):
+                out[f"{tower}_{key}"] = (np.stack([h[rows] for h in history]) if history
+                                         else np.zeros((0, len(rows)), dtype=np.int64))
             out[f"{tower}_router"] = (np.stack([h[rows] for h in self.router_history]) if self.router_history
                                       else np.zeros((0, len(rows), num_experts), dtype=np.float32))
         return out

@@ -16,3 +16,55 @@ def _private_cache(tmp_path_factory, monkeypatch):
     """Every test gets MTIL_CACHE in a temp dir unless a test sets its own."""
     if "MTIL_CACHE" not in os.environ or os.environ["MTIL_CACHE"].startswith(str(tmp_path_factory.getbasetemp())):
         monkeypatch.setenv("MTIL_CACHE", str(tmp_path_factory.getbasetemp() / "mtil-cache"))
+
+
+def make_stream(root, tasks=("Red", "Green", "Blue"), classes=3, train=24, test=12, seed=0):
+    """Tiny prepared-format stream: per task, classes are stripe orientations/positions on a task colour."""
+    import datasets
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    colours = {"Red": (220, 40, 40), "Green": (40, 200, 60), "Blue": (50, 70, 230), "Gray": (128, 128, 128)}
+
+    def image(task, label):
+        img = rng.integers(0, 60, size=(32, 32, 3)).astype(np.uint8)
+        band = slice(4 + 8 * label, 10 + 8 * label)
+        if label % 2:
+            img[:, band] = colours.get(task, (200, 200, 0))
+        else:
+            img[band, :] = colours.get(task, (200, 200, 0))
+        return img
+
+    for task in tasks:
+        names = [f"{task.lower()} pattern {c}" for c in range(classes)]
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+        splits = {}
+        for split, n in (("train", train), ("test", test)):
+            labels = [i % classes for i in range(n)]
+            splits[split] = datasets.Dataset.from_dict(
+                {"image": [image(task, y) for y in labels], "label": labels}, features=features)
+        datasets.DatasetDict(splits).save_to_disk(str(root / task))
+        (root / task / "templates.json").write_text('["a photo of a {}.", "an image of a {}."]')
+    return list(tasks)
+
+
+TINY_OVERRIDES = [
+    "model.name=mtil-tiny", "model.pretrained=null", "moe.num_experts=6", "moe.hidden=8", "moe.top_k=2",
+    "train.iterations=6", "train.batch_size=8", "train.warmup_steps=2", "train.lr=1e-2",
+    "train.router_snapshot_every=2", "eval.batch_size=16", "selector.components=4", "selector.max_fit_samples=24",
+    "output.plots=false", "policy.merge.every=2", "policy.merge.warmup=2",
+]
+
+
+@pytest.fixture(scope="session")
+def stream_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stream")
+    make_stream(root)
+    return root
+
+
+@pytest.fixture()
+def tiny_args(stream_root):
+    """CLI overrides for a 3-task tiny run on the synthetic stream."""
+    out = [f"--set={o}" for o in TINY_OVERRIDES]
+    return out + [f"--set=data.root={stream_root}", "--set=data.order=[Red,Green,Blue]"]
