@@ -1,0 +1,249 @@
+"""The dataset registry: class names and prompt templates of the MTIL datasets (and any the user registers).
+
+The built-in entries are data, one JSON file per dataset in `mtil/data/catalog/` (CLIP's cleaned class names in
+each dataset's label order, the MTIL literature's templates with the training template first; every file says
+where its lists come from). Look-ups are case-insensitive and ignore punctuation, and aliases resolve
+(`Cars` -> `StanfordCars`, `Pets` -> `OxfordPet`, ...).
+
+    >>> from mtil.data import registry
+    >>> info = registry.get("DTD")
+    >>> info.name, len(info.classnames), info.templates[0]
+    ('DTD', 47, 'a photo of a {} texture.')
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Iterable
+
+from ..errors import MtilError
+
+log = logging.getLogger(__name__)
+
+#: The MTIL task orders (Order I is alphabetical; Order II as in ZSCL / MoE-Adapters).
+ORDER_I = ("Aircraft", "Caltech101", "CIFAR100", "DTD", "EuroSAT", "Flowers102", "Food101", "MNIST", "OxfordPet",
+           "StanfordCars", "SUN397")
+ORDER_II = ("StanfordCars", "Food101", "MNIST", "OxfordPet", "Flowers102", "SUN397", "Aircraft", "Caltech101", "DTD",
+            "EuroSAT", "CIFAR100")
+#: Built-in datasets in listing order: the 11 MTIL datasets, then the plasticity study's.
+BUILTIN = ORDER_I + ("TinyImageNet",)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass
+class DatasetInfo:
+    """What the model needs to know about a dataset: its class names (label order) and prompt templates.
+
+    Templates hold `{}` where the class name goes; training uses `templates[0]`, evaluation all of them.
+    """
+    name: str
+    classnames: list[str]
+    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    def prompts(self, template: str | None = None) -> list[str]:
+        """One prompt per class with `template` (default: the training template)."""
+        t = self.templates[0] if template is None else template
+        return [t.replace("{}", c) for c in self.classnames]
+
+
+@dataclass
+class _Entry:
+    info: DatasetInfo
+    aliases: tuple[str, ...] = ()
+    source_names: list[str] | None = None        # the source's own class names (folders, torchvision), label order
+    class_aliases: dict[str, list[str]] = field(default_factory=dict)
+    ignore_folders: tuple[str, ...] = ()
+    provenance: dict = field(default_factory=dict)
+    notes: str = ""
+    builtin: bool = False
+
+
+_lock = threading.RLock()
+_entries: dict[str, _Entry] = {}     # canonical name -> entry, in registration order
+_keys: dict[str, str] = {}           # lookup key -> canonical name
+_loaded = False
+
+
+def key(name: str) -> str:
+    """The look-up key of a dataset name: lower case, letters and digits only (`Oxford-IIIT-Pet` -> `oxfordiiitpet`)."""
+    return re.sub(r"[^0-9a-z]", "", str(name).lower())
+
+
+def _check_info(info: DatasetInfo, where: str) -> None:
+    if not isinstance(info, DatasetInfo):
+        raise MtilError(f"{where}: expected a DatasetInfo, got {type(info).__name__}")
+    if not isinstance(info.name, str) or not _NAME_RE.match(info.name):
+        raise MtilError(f"{where}: dataset name {info.name!r} must start with a letter or digit and use only "
+                        "letters, digits and _ . + - (it names the folder ROOT/<name>)")
+    names = list(info.classnames)
+    if not names or not all(isinstance(c, str) and c.strip() for c in names):
+        raise MtilError(f"{where}: dataset {info.name!r} needs a non-empty list of non-empty class names")
+    if len(set(names)) != len(names):
+        dup = sorted({c for c in names if names.count(c) > 1})
+        raise MtilError(f"{where}: dataset {info.name!r} has duplicate class names: {', '.join(map(repr, dup[:5]))}")
+    templates = list(info.templates)
+    if not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
+        raise MtilError(f"{where}: dataset {info.name!r} needs a non-empty list of templates, each with '{{}}' "
+                        "where the class name goes")
+
+
+def _add(entry: _Entry, replace: bool) -> None:
+    info = entry.info
+    canon_key = key(info.name)
+    owner = _keys.get(canon_key)
+    if owner is not None and owner != info.name and not _entries[owner].builtin and replace:
+        _remove(owner)
+        owner = None
+    if owner is not None and owner != info.name:
+        raise MtilError(f"dataset name {info.name!r} collides with the registered {owner!r}; choose another name")
+    old = _entries.get(info.name)
+    if old is not None:
+        same = (old.info.classnames == info.classnames and old.info.templates == info.templates)
+        if old.builtin and not same and not replace:
+            raise MtilError(f"{info.name!r} is a built-in dataset with other class names/templates; register yours "
+                            "under another name, or pass replace=True")
+        _remove(info.name)
+    for alias in entry.aliases:
+        other = _keys.get(key(alias))
+        if other is not None and other != info.name:
+            raise MtilError(f"alias {alias!r} of {info.name!r} already names {other!r}")
+    _entries[info.name] = entry
+    _keys[canon_key] = info.name
+    for alias in entry.aliases:
+        _keys[key(alias)] = info.name
+
+
+def _remove(name: str) -> None:
+    _entries.pop(name, None)
+    for k in [k for k, v in _keys.items() if v == name]:
+        del _keys[k]
+
+
+def _load_catalog() -> None:
+    global _loaded
+    with _lock:
+        if _loaded:
+            return
+        folder = resources.files("mtil.data") / "catalog"
+        found = {}
+        for item in folder.iterdir():
+            if item.name.endswith(".json"):
+                data = json.loads(item.read_text(encoding="utf-8"))
+                found[data["name"]] = data
+        order = [n for n in BUILTIN if n in found] + sorted(n for n in found if n not in BUILTIN)
+        for name in order:
+            data = found[name]
+            info = DatasetInfo(data["name"], list(data["classnames"]), list(data["templates"]))
+            _check_info(info, f"catalog/{name}.json")
+            if len(info.classnames) != data["num_classes"]:  # the catalog's own consistency check
+                raise MtilError(f"catalog/{name}.json lists {len(info.classnames)} class names, not "
+                                f"{data['num_classes']}; the installation is damaged, reinstall mtil")
+            _add(_Entry(info, tuple(data.get("aliases", ())), data.get("source_names"),
+                        dict(data.get("class_aliases", {})), tuple(data.get("ignore_folders", ())),
+                        dict(data.get("provenance", {})), data.get("notes", ""), builtin=True), replace=False)
+        _loaded = True
+
+
+def _copy(info: DatasetInfo) -> DatasetInfo:
+    return dataclasses.replace(info, classnames=list(info.classnames), templates=list(info.templates))
+
+
+def resolve(name: str) -> str | None:
+    """The canonical name of a registered dataset (case-insensitive, aliases allowed), or None."""
+    _load_catalog()
+    with _lock:
+        return _keys.get(key(name))
+
+
+def is_registered(name: str) -> bool:
+    return resolve(name) is not None
+
+
+def names() -> list[str]:
+    """Registered dataset names: the 11 MTIL datasets (Order I), TinyImageNet, then user-registered ones."""
+    _load_catalog()
+    with _lock:
+        return list(_entries)
+
+
+def get(name: str) -> DatasetInfo:
+    """The DatasetInfo of a registered dataset (a copy: changing it does not change the registry)."""
+    canon = resolve(name)
+    if canon is None:
+        raise MtilError(f"unknown dataset {name!r}; registered: {', '.join(names())} (register others with "
+                        "mtil.data.registry.register, or prepare them from an image folder with `mtil prepare "
+                        f"{name} --root ROOT --from DIR`)")
+    with _lock:
+        return _copy(_entries[canon].info)
+
+
+def register(info: DatasetInfo, aliases: Iterable[str] = (), replace: bool = False) -> DatasetInfo:
+    """Register (or re-register) a dataset; returns it.
+
+    Re-registering the same name replaces a user entry. A built-in entry can only be replaced with identical
+    lists, or with `replace=True`.
+    """
+    _load_catalog()
+    info = _copy(info)
+    _check_info(info, "register")
+    with _lock:
+        _add(_Entry(info, tuple(aliases)), replace=replace)
+    log.debug("registered dataset %s (%d classes)", info.name, len(info.classnames))
+    return _copy(info)
+
+
+def unregister(name: str) -> None:
+    """Remove a user-registered dataset (built-in ones stay)."""
+    canon = resolve(name)
+    if canon is None:
+        return
+    with _lock:
+        if _entries[canon].builtin:
+            raise MtilError(f"{canon!r} is a built-in dataset and cannot be unregistered")
+        _remove(canon)
+
+
+def aliases(name: str) -> list[str]:
+    canon = resolve(name)
+    return [] if canon is None else list(_entries[canon].aliases)
+
+
+def source_names(name: str) -> list[str] | None:
+    """The dataset's own class names in label order (folder names, torchvision's), where they differ from CLIP's."""
+    canon = resolve(name)
+    if canon is None or _entries[canon].source_names is None:
+        return None
+    return list(_entries[canon].source_names)
+
+
+def class_aliases(name: str) -> dict[str, list[str]]:
+    """Other accepted spellings of some class names (e.g. ZSCL's), class name -> list of spellings."""
+    canon = resolve(name)
+    return {} if canon is None else {k: list(v) for k, v in _entries[canon].class_aliases.items()}
+
+
+def ignore_folders(name: str) -> list[str]:
+    """Source folders that are not classes of the dataset (Caltech101's BACKGROUND_Google)."""
+    canon = resolve(name)
+    return [] if canon is None else list(_entries[canon].ignore_folders)
+
+
+def provenance(name: str) -> dict:
+    """Where the class names and templates of a built-in dataset come from."""
+    canon = resolve(name)
+    return {} if canon is None else dict(_entries[canon].provenance)
+
+
+def is_builtin(name: str) -> bool:
+    canon = resolve(name)
+    return canon is not None and _entries[canon].builtin
