@@ -37,6 +37,7 @@ class Routing:
     """
     route: int | torch.Tensor | None = None
     tracking: bool = False
+    balance: bool = False          # compute the load-balancing loss in training forwards
     layers: list = field(default_factory=list)
 
 
@@ -132,7 +133,7 @@ class MoEAdapter(nn.Module):
             weights = torch.softmax(top, dim=1)
         weights = weights * (routes >= 0).unsqueeze(1).to(weights.dtype)
         full = torch.zeros_like(clean).scatter(1, idx, weights)
-        if self.training:
+        if self.training and self.routing.balance:
             self.aux_loss = self._balance_loss(full, clean, logits, noise_std)
         return idx, weights, full
 
@@ -146,7 +147,7 @@ class MoEAdapter(nn.Module):
                 top = noisy.topk(k + 1, dim=1).values
                 in_top = noisy >= top[:, k - 1:k]
                 threshold = torch.where(in_top, top[:, k:k + 1], top[:, k - 1:k])
-                load = torch.distributions.Normal(0.0, 1.0).cdf((clean - threshold) / noise_std).sum(0)[active]
+                load = torch.special.ndtr((clean - threshold) / noise_std).sum(0)[active]
             else:
                 load = importance.new_full(importance.shape, float(full.shape[0]))
         else:

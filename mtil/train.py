@@ -54,6 +54,7 @@ def fit_task(*, accelerator, model, adapted, policy: Policy, tracker, task: Task
                           batch_size=tc.batch_size, rank=accelerator.process_index, world=accelerator.num_processes,
                           workers=cfg.data.num_workers, bad_images=cfg.data.bad_images)
     adapted.routing.tracking = True
+    adapted.routing.balance = cfg.moe.balance_weight > 0
     model.train()
     bar = tqdm(loader, total=len(loader), desc=f"task {task_index + 1} {task.name}", leave=False, disable=None)
     for batch in bar:
@@ -86,7 +87,7 @@ def fit_task(*, accelerator, model, adapted, policy: Policy, tracker, task: Task
         if tc.checkpoint_every and ctx.step % tc.checkpoint_every == 0 and ctx.step < iterations:
             save_checkpoint({"step": ctx.step, "global_step": ctx.global_step,
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
-    adapted.routing.tracking = False
+    adapted.routing.tracking = adapted.routing.balance = False
     policy.end_task(ctx)
     tracker.end_task()
     guard.remove()

@@ -1,14 +1,15 @@
-"""Shared test setup: offline hub, a private cache directory, few threads (2-core machines)."""
+"""Shared test setup: offline hub, a private cache directory, one thread, a tiny synthetic task stream."""
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest, and 2 cores are shared
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -170,6 +170,9 @@ def test_balance_loss_enters_the_gradient(clip):
             layer.router.normal_(0, 0.5)
     images, tokens = batch(clip)
     model.train()
+    model(images, tokens, 0)
+    assert model.aux_loss().item() == 0  # off unless asked for
+    model.routing.balance = True
     torch.manual_seed(3)
     model(images, tokens, 0)
     aux = model.aux_loss()

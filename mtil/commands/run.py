@@ -4,12 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import config
-from ..errors import MtilError
 
 
 def add_arguments(p) -> None:
-    p.add_argument("config", nargs="?", help="YAML config (path or name under configs/); with --resume, defaults to "
-                   "the run directory's config.yaml")
+    p.add_argument("config", nargs="?", help="YAML config (path or name under configs/); default: with --resume the "
+                   "run directory's config.yaml, else configs/base.yaml")
     add_common(p)
 
 
@@ -21,9 +20,8 @@ def add_common(p) -> None:
 
 
 def load_config(path, overrides, out: Path | None, resume: bool):
-    if path is None:
-        if not (resume and out is not None and (out / "config.yaml").exists()):
-            raise MtilError("give a config file (e.g. configs/mtil_order1.yaml), or --resume --out DIR of an existing run")
+    """The given config; else, when resuming, the run's own config.yaml; else the schema defaults."""
+    if path is None and resume and out is not None and (out / "config.yaml").exists():
         path = out / "config.yaml"
     return config.load(path, overrides)
 
@@ -60,5 +58,5 @@ def execute(args) -> int:
     out = Path(args.out) if args.out else None
     cfg = load_config(args.config, args.overrides, out, args.resume)
     if out is None:
-        out = Path("runs") / Path(args.config).stem
+        out = Path("runs") / (Path(args.config).stem if args.config else "run")
     return execute_run(cfg, out, args.resume)
