@@ -109,6 +109,8 @@ def _add(entry: _Entry, replace: bool) -> None:
     old = _entries.get(info.name)
     if old is not None:
         same = (old.info.classnames == info.classnames and old.info.templates == info.templates)
+        if old.builtin and same and not entry.builtin:
+            return  # re-registering a built-in dataset as it is: keep the built-in entry (aliases, source names)
         if old.builtin and not same and not replace:
             raise MtilError(f"{info.name!r} is a built-in dataset with other class names/templates; register yours "
                             "under another name, or pass replace=True")
