@@ -173,6 +173,13 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, capsys):
     assert prepared.read_meta(root, "Letters")["skipped"] == {"train": 1, "test": 1}
 
 
+def test_numbered_custom_classes_keep_numeric_order(tmp_path, capsys):
+    make_images(tmp_path / "src", ["1", "2", "10"], per_class=5)
+    assert run(["prepare", "Numbered", "--root", str(tmp_path / "data"), "--from", str(tmp_path / "src")],
+               capsys)[0] == 0
+    assert load_info(tmp_path / "data", "Numbered").classnames == ["1", "2", "10"]
+
+
 def test_max_per_class(tmp_path, capsys):
     src, root = tmp_path / "src", tmp_path / "data"
     make_images(src / "train", ["a", "b"], per_class=4)

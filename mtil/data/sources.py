@@ -287,6 +287,8 @@ class _Labeler:
 
     def build(self, keys: Iterable[str], what: str) -> tuple[list[str], dict[str, int], set[str]]:
         keys = sorted(set(keys))
+        if keys and all(k.isdigit() for k in keys):
+            keys.sort(key=int)  # numbered class folders: 1, 2, ..., 10
         if self.registered:
             ignored = {k for k in keys if self.matcher.is_ignored(k)}
             keep = [k for k in keys if k not in ignored]
@@ -657,7 +659,7 @@ def plan(name: str, data_root: str | os.PathLike, work_dir: Path, *, src: str | 
     if source not in SOURCES:
         raise MtilError(f"--source must be one of {', '.join(SOURCES)}, not {source!r}")
     if source == "auto":
-        source = "folder" if src is not None else default_source(name)
+        source = "folder" if src is not None else ("hf" if hf_repo else default_source(name))
     if source in ("torchvision", "hf") and canon is None and not (source == "hf" and hf_repo):
         raise MtilError(f"'{name}' is not a registered dataset ({', '.join(registry.names())}); prepare it from "
                         f"an image folder with `mtil prepare {name} --root {data_root} --from DIR`")
