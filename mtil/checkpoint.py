@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 
-def _atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -33,7 +33,7 @@ def _atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: str) ->
 
 
 def write_text(path, text: str) -> Path:
-    return _atomic(path, lambda f: f.write(text), "w")
+    return atomic_write(path, lambda f: f.write(text), "w")
 
 
 def write_json(path, obj) -> Path:
@@ -45,11 +45,11 @@ def write_jsonl(path, rows) -> Path:
 
 
 def torch_save(obj, path) -> Path:
-    return _atomic(path, lambda f: torch.save(obj, f), "wb")
+    return atomic_write(path, lambda f: torch.save(obj, f), "wb")
 
 
 def numpy_savez(path, **arrays) -> Path:
-    return _atomic(path, lambda f: np.savez_compressed(f, **arrays), "wb")
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays), "wb")
 
 
 def rng_state() -> dict:
