@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mtil: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("mtil: interrupted; finished tasks are checkpointed, continue with --resume", file=sys.stderr)
+        print("mtil: interrupted; files already written are kept (a run continues with --resume)", file=sys.stderr)
         return 130
 
 

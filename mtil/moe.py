@@ -263,8 +263,9 @@ class AdaptedCLIP(nn.Module):
         return [p for layer in self._layers for p in layer.parameters()]
 
     def param_counts(self) -> dict[str, int]:
-        """Adapter parameters: total, active (active experts + router columns), frozen, trainable, routers."""
-        total = active = frozen = routers = 0
+        """Adapter parameters: total, active (active experts + their router columns), active_experts (expert
+        weights only, what DynamicMoE's parameter matching equalises), frozen, trainable_experts, routers."""
+        total = active = active_experts = frozen = routers = 0
         for layer in self._layers:
             per_expert = layer.expert_numel()
             n_active = int(layer.active.sum())
@@ -272,9 +273,11 @@ class AdaptedCLIP(nn.Module):
             router_cols = sum(t[0, :, 0].numel() for t in layer.router_tensors())  # one router, one column
             total += per_expert * layer.num_experts + sum(t.numel() for t in layer.router_tensors())
             active += (per_expert + router_cols) * n_active
+            active_experts += per_expert * n_active
             frozen += per_expert * n_frozen
             routers += sum(t.numel() for t in layer.router_tensors())
-        return {"total": total, "active": active, "frozen": frozen, "trainable_experts": active - frozen, "routers": routers}
+        return {"total": total, "active": active, "active_experts": active_experts, "frozen": frozen,
+                "trainable_experts": active_experts - frozen, "routers": routers}
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Adapter weights, routers and masks only (never the frozen backbone), keyed `tower.block.param`."""

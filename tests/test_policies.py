@@ -1,0 +1,212 @@
+"""Expert lifecycle policies: one contract for every registered policy, then freeze / merge / grow specifics."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mtil import backbone, config, moe, optim, policies
+from mtil.cli import main
+from mtil.policies import TrainContext
+from mtil.tracker import UsageTracker
+
+
+def results(out):
+    return json.loads((out / "results.json").read_text())
+
+
+def adapters(out):
+    return torch.load(out / "checkpoints" / "last.pt", weights_only=False)["adapters"]
+
+
+class Interrupt(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("name", sorted(policies.POLICIES))
+def test_contract_three_tasks_checkpoint_round_trip_and_exact_resume(name, tiny_args, tmp_path, monkeypatch):
+    args = [*tiny_args, f"--set=policy.name={name}", "--set=train.checkpoint_every=2"]
+    assert main(["run", *args, "--out", str(tmp_path / "full")]) == 0
+    full = results(tmp_path / "full")
+    assert full["complete"] and len(full["matrix"]) == 3
+
+    original = UsageTracker.snapshot_router
+
+    def snapshot_router(self, step):
+        if step == 16:  # task 3, step 4: resumes from the task-3 step-2 checkpoint
+            raise Interrupt
+        original(self, step)
+    monkeypatch.setattr(UsageTracker, "snapshot_router", snapshot_router)
+    with pytest.raises(Interrupt):
+        main(["run", *args, "--out", str(tmp_path / "cut")])
+    monkeypatch.undo()
+    state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["progress"] == {"task": 2, "phase": "train", "step": 2, "global_step": 14}
+    assert state["policy"]["events"] == [e for e in state["policy"]["events"] if e["step"] <= 14]
+    assert main(["run", *args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    assert results(tmp_path / "cut")["matrix"] == full["matrix"]
+    for k, v in adapters(tmp_path / "full").items():
+        assert torch.equal(adapters(tmp_path / "cut")[k], v), k
+
+
+def test_freeze_topk_after_task_one_and_bit_identical_to_the_end(tiny_args, tmp_path):
+    args = [*tiny_args, "--set=policy.name=freeze"]
+    assert main(["run", *args, "--set=data.order=[Red]", "--out", str(tmp_path / "one")]) == 0
+    assert main(["run", *args, "--out", str(tmp_path / "three")]) == 0
+    one, three = adapters(tmp_path / "one"), adapters(tmp_path / "three")
+    usage = np.load(tmp_path / "one" / "usage.npz")
+    for tower in ("image", "text"):
+        for b, counts in zip(usage[f"{tower}_blocks"], usage[f"{tower}_usage"][0]):
+            frozen = one[f"{tower}.{b}.frozen"]
+            assert int(frozen.sum()) == 2  # top_k = 2
+            top2 = set(np.argsort(-counts, kind="stable")[:2].tolist())
+            assert set(frozen.nonzero().flatten().tolist()) == top2
+            for p in ("w_down", "b_down", "w_up", "b_up"):
+                key = f"{tower}.{b}.{p}"
+                assert torch.equal(three[key][frozen], one[key][frozen]), key
+            assert three[f"{tower}.{b}.frozen"][frozen].all()
+
+
+def merge_setup(clip_model, **merge_cfg):
+    cfg = config.load(None, ["policy.name=merge", "moe.num_experts=6", "policy.merge.every=10",
+                             "policy.merge.warmup=10"] + [f"policy.merge.{k}={v}" for k, v in merge_cfg.items()])
+    torch.manual_seed(0)
+    model = moe.attach(copy.deepcopy(clip_model), towers=("image",), num_experts=6, hidden=8, num_routers=2)
+    with torch.no_grad():
+        for layer in model.layers:
+            for t in layer.expert_tensors():
+                t.normal_()
+    tracker = UsageTracker(model)
+    return cfg, model, tracker, policies.build(cfg, model, tracker)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return backbone.load("mtil-tiny", None)
+
+
+def test_merge_writes_the_average_into_the_least_used_free_slot(clip):
+    cfg, model, tracker, policy = merge_setup(clip.model)
+    opt = optim.build_optimizer(model, 1e-3, 0.0)
+    images = torch.randn(4, 3, 32, 32)
+    model.train()
+    model.encode_image(images, 0).sum().backward()
+    opt.step()  # every slot has optimizer moments now
+    layer = model.layers[0]
+    layer.frozen[4] = True
+    layer.window_counts[:] = torch.tensor([5, 40, 3, 30, 0, 1])  # a=1, b=3; slot 4 is frozen, so c=5
+    before = [t.detach().clone() for t in layer.expert_tensors()]
+    ctx = TrainContext(task=0, task_name="Red", step=10, global_step=10, optimizer=opt)
+    policy.after_step(ctx)
+    for t, b in zip(layer.expert_tensors(), before):
+        assert torch.equal(t.detach()[5], (b[1] + b[3]) / 2)
+        assert torch.equal(t.detach()[4], b[4])  # frozen slot untouched
+        for e in (0, 1, 2, 3):
+            assert torch.equal(t.detach()[e], b[e])
+        state = opt.state[t]
+        assert float(state["exp_avg"][5].abs().sum()) == 0 and float(state["exp_avg_sq"][5].abs().sum()) == 0
+        assert float(state["exp_avg"][0].abs().sum()) > 0
+    event = [e for e in policy.events if e["block"] == layer.block and e["tower"] == "image"][0]
+    assert event["action"] == "merge" and event["experts"] == [1, 3, 5] and event["step"] == 10
+    assert int(layer.window_counts.sum()) == 0  # the window restarted
+
+
+def test_merge_waits_for_warmup_and_period_and_skips_without_a_free_slot(clip):
+    cfg, model, tracker, policy = merge_setup(clip.model)
+    layer = model.layers[0]
+    layer.window_counts[:] = torch.tensor([5, 40, 3, 30, 0, 1])
+    before = layer.w_up.detach().clone()
+    for step in (5, 15):  # before warm-up; not a multiple of the period
+        policy.after_step(TrainContext(0, "Red", step, step))
+    assert torch.equal(layer.w_up.detach(), before) and not policy.events
+    layer.frozen[[0, 2, 4, 5]] = True
+    policy.after_step(TrainContext(0, "Red", 20, 20))
+    assert torch.equal(layer.w_up.detach(), before)
+    assert policy.events[0]["action"] == "merge-skipped" and "no eligible" in policy.events[0]["reason"]
+
+
+def test_merge_copy_router_and_frozen_sources_options(clip):
+    cfg, model, tracker, policy = merge_setup(clip.model, copy_router="true", frozen_sources="false")
+    layer = model.layers[0]
+    with torch.no_grad():
+        layer.router.normal_()
+    layer.frozen[1] = True  # the most used expert may not be a source now
+    layer.window_counts[:] = torch.tensor([5, 40, 3, 30, 0, 1])
+    router = layer.router.detach().clone()
+    w = layer.w_down.detach().clone()
+    policy.after_step(TrainContext(0, "Red", 10, 10))
+    assert policy.events[0]["experts"] == [3, 0, 4]  # a=3, b=0 (1 is frozen), c=4 (least used free slot)
+    assert torch.equal(layer.w_down.detach()[4], (w[3] + w[0]) / 2)
+    assert torch.equal(layer.router.detach()[:, :, 4], (router[:, :, 3] + router[:, :, 0]) / 2)
+
+
+def grow_model(clip_model, g, max_experts=8, hidden=16):
+    cfg = config.load(None, ["policy.name=grow", f"policy.grow.granularity={g}", f"moe.num_experts={max_experts}",
+                             f"moe.hidden={hidden}", "moe.top_k=1"])
+    kwargs = policies.moe_overrides(cfg)
+    torch.manual_seed(0)
+    model = moe.attach(copy.deepcopy(clip_model), num_experts=max_experts, top_k=1, num_routers=1,
+                       hidden=kwargs.get("hidden", hidden))
+    tracker = UsageTracker(model)
+    policy = policies.build(cfg, model, tracker)
+    policy.setup()
+    return model, policy
+
+
+def test_grow_raises_active_experts_and_params_at_each_growth_point(clip):
+    model, policy = grow_model(clip.model, g=2)
+    layer = model.layers[0]
+    assert layer.hidden == 8  # h / g
+    per_expert = layer.expert_numel() + 2 * layer.dim  # expert + one router and one noise column
+    counts = [model.param_counts()["active"]]
+    for t in range(1, 4):
+        opt = optim.build_optimizer(model, 1e-2, 0.0)
+        policy.begin_task(TrainContext(t, f"task{t}", 0, t * 10, opt))
+        assert all(int(layer.active.sum()) == 2 * (t + 1) for layer in model.layers)
+        counts.append(model.param_counts()["active"])
+        assert counts[-1] - counts[-2] == len(model.layers) * 2 * per_expert
+    events = [e for e in policy.events if e["action"] == "grow"]
+    assert len(events) == 3 * len(model.layers) and events[0]["experts"] == [2, 3]
+
+
+def test_new_experts_train_on_the_next_step(clip):
+    model, policy = grow_model(clip.model, g=1)
+    opt = optim.build_optimizer(model, 1e-2, 0.0)
+    guard = optim.SliceGuard(model, opt, router=0)
+    policy.begin_task(TrainContext(1, "t", 0, 10, opt))
+    layer = model.layers[0]
+    before = [t.detach()[1].clone() for t in layer.expert_tensors()]
+    inactive = [t.detach()[2].clone() for t in layer.expert_tensors()]
+    with torch.no_grad():
+        for l in model.layers:  # make the router pick the new expert for every sample
+            l.router[0, :, 1] = 0
+            l.router[0, :, 0] = -1e3 * l.router.new_ones(l.dim) / l.dim ** 0.5
+    model.train()
+    images, tokens = torch.randn(4, 3, 32, 32), clip.tokenizer(["a", "b"])
+    F.cross_entropy(model(images, tokens, 0), torch.tensor([0, 1, 0, 1])).backward()
+    opt.step()
+    guard.remove()
+    assert any(not torch.equal(t.detach()[1], b) for t, b in zip(layer.expert_tensors(), before))
+    assert all(torch.equal(t.detach()[2], b) for t, b in zip(layer.expert_tensors(), inactive))  # not grown yet
+
+
+def test_granularities_end_within_5_percent_in_active_params():
+    """DynamicMoE's matching at the reference width (d=768, h=64): g experts of width h/g per growth point."""
+    stages, finals = 4, {}
+    for g in (1, 2, 4):
+        cfg = config.load(None, ["policy.name=grow", f"policy.grow.granularity={g}", f"moe.num_experts={g * stages}",
+                                 "moe.hidden=64", "moe.noisy_gating=false"])
+        routing = moe.Routing()
+        layer = moe.MoEAdapter(768, g * stages, policies.moe_overrides(cfg)["hidden"], 2, 1, "topk", False, 0.1, 0.1, routing)
+        model = moe.AdaptedCLIP(torch.nn.Module(), [layer], routing)
+        policy = policies.build(cfg, model, UsageTracker(model))
+        policy.setup()
+        for t in range(1, stages):
+            policy.begin_task(TrainContext(t, f"t{t}", 0, t))
+        assert int(layer.active.sum()) == g * stages
+        finals[g] = model.param_counts()
+    for key in ("active", "active_experts"):
+        values = [c[key] for c in finals.values()]
+        assert (max(values) - min(values)) / max(values) <= 0.05, (key, finals)
