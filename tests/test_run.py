@@ -63,9 +63,9 @@ class Interrupt(BaseException):
     pass
 
 
-@pytest.mark.parametrize("where", ["mid-task", "during-eval"])
-@pytest.mark.parametrize("policy", ["merge", "grow"])
+@pytest.mark.parametrize("where,policy", [("during-eval", "merge"), ("mid-task", "grow")])
 def test_resume_equals_uninterrupted(tiny_args, tmp_path, monkeypatch, where, policy):
+    """(Every policy's mid-task resume is in test_policies' contract test.)"""
     args = [*tiny_args, f"--set=policy.name={policy}", "--set=train.checkpoint_every=2",
             "--set=policy.grow.granularity=2", "--set=policy.grow.every=0"]
     assert main(["run", *args, "--out", str(tmp_path / "full")]) == 0
