@@ -1,0 +1,110 @@
+"""`mtil bench [--model tiny|mid|ViT-B-16] [--batch N] [--threads N] [--json] [--out FILE] [--profile]`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", default="tiny", help="tiny | mid | ViT-B-16 (any open_clip name; random weights)")
+    p.add_argument("--batch", type=int, default=64, help="training batch (default 64)")
+    p.add_argument("--classes", type=int, default=100, help="prompts per training step (default 100)")
+    p.add_argument("--experts", type=int, default=22, help="experts per MoE layer (default 22)")
+    p.add_argument("--top-k", type=int, default=2, help="experts per sample (default 2)")
+    p.add_argument("--hidden", type=int, default=None, help="expert width (default: width/12, i.e. 64 for ViT-B/16)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds; figures are medians (default 5)")
+    p.add_argument("--steps", type=int, default=3, help="timed calls per variant per round (default 3)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="autocast dtype (default fp32)")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--sections", default=",".join(_sections()),
+                   help=f"comma-separated subset of {','.join(_sections())}")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument("--out", default=None, help="also write the JSON result to this file")
+    p.add_argument("--profile", choices=["moe", "dense", "plain"], default=None,
+                   help="instead of the benchmark, print torch.profiler's op table of this variant's training step")
+
+
+def _sections():
+    # kept in step with mtil.bench.SECTIONS (not imported here: building the CLI parser must stay light)
+    return ("train", "dispatch", "eval", "memory", "scaling")
+
+
+def settings_from_args(args):
+    from ..bench import Settings
+    sections = tuple(x.strip() for x in args.sections.split(",") if x.strip())
+    return Settings(model=args.model, batch=args.batch, classes=args.classes, experts=args.experts, top_k=args.top_k,
+                    hidden=args.hidden, threads=args.threads, rounds=args.rounds, steps=args.steps,
+                    precision=args.precision, device=args.device, sections=sections)
+
+
+def _f(x, digits=3):
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def render(r: dict) -> list[str]:
+    """Human-readable lines of a bench result."""
+    s, m = r["settings"], r["machine"]
+    lines = [f"mtil bench: {s['model']} on {m['device']}{' (' + m['gpu'] + ')' if m.get('gpu') else ''}, "
+             f"{m['torch_threads']} torch thread(s), {m['cpus']} cpus, load {_f((m.get('load_average') or [None])[0], 2)}"
+             f", batch {s['batch']}, {s['classes']} prompts, {s['experts']} experts top-{s['top_k']}, hidden "
+             f"{s['hidden']}, {s['precision']}; medians of {s['rounds']} interleaved rounds"]
+    if "train" in r:
+        t = r["train"]
+        lines += ["", "training step (fwd + bwd + AdamW)      median s",
+                  f"  MoE adapters                        {t['moe_s']:.4f}",
+                  f"  dense adapter (1 expert, top-1)     {t['dense_s']:.4f}",
+                  f"  plain bottleneck adapter            {t['plain_s']:.4f}",
+                  f"  frozen backbone forward only        {t['frozen_forward_s']:.4f}",
+                  f"  MoE / dense     {t['moe_over_dense']:.3f}   (target <= 1.15)",
+                  f"  MoE / plain     {t['moe_over_plain']:.3f}",
+                  f"  dense / plain   {t['dense_over_plain']:.3f}",
+                  f"  MoE / frozen    {t['moe_over_frozen']:.3f}"]
+    if "dispatch" in r:
+        d = r["dispatch"]
+        lines += ["", f"dispatch, one layer ({d['samples']} samples x {d['tokens']} tokens, d={d['dim']}, "
+                  f"{d['experts_used']}/{d['experts']} experts used), median s: vectorized / per-expert loop",
+                  f"  forward (eval)     {d['vectorized_forward_s']:.5f} / {d['loop_forward_s']:.5f}   speedup "
+                  f"{d['speedup_forward']:.2f}x (target >= 3)",
+                  f"  forward + backward {d['vectorized_train_s']:.5f} / {d['loop_train_s']:.5f}   speedup "
+                  f"{d['speedup_train']:.2f}x (target >= 3)"]
+    if "eval" in r:
+        e = r["eval"]
+        lines += ["", f"evaluation row ({e['tasks']} tasks, {e['images_per_row']} images, {e['prompts_per_row']} "
+                  f"prompts, {100 * e['routed_fraction']:.0f}% routed)",
+                  f"  Evaluator.row       {e['row_images_per_s']:.1f} images/s",
+                  f"  bare image tower    {e['bare_images_per_s']:.1f} images/s",
+                  f"  row / bare          {e['eval_over_bare']:.3f}   (target >= 0.85); text features "
+                  f"{100 * e['text_share_of_row']:.0f}% of the row"]
+    if "memory" in r:
+        lines += ["", "peak memory of a training step above resident (MiB)"]
+        lines += [f"  {name:<16}{v['peak_delta_mb']:9.1f}   ({v['how']})" for name, v in r["memory"].items()]
+    if "scaling" in r:
+        for axis, rows in r["scaling"].items():
+            lines += ["", f"scaling with {axis}: step s, vs reference, peak MiB"]
+            lines += [f"  {row[axis]:>3}   {row['step_s']:.4f}   {_f(row['over_reference'])}   "
+                      f"{_f(row.get('peak_delta_mb'), 1)}" for row in rows]
+    if r.get("projection"):
+        p = r["projection"]
+        lines += ["", f"projected MTIL Order I: training {p['train_hours']:.2f} h "
+                  f"({p['tasks']} x {p['iterations_per_task']} steps x {p['step_s']:.3f} s)"
+                  + (f", evaluation {p['eval_hours']:.2f} h, total {p['total_hours']:.2f} h" if 'eval_hours' in p else "")]
+    if r.get("targets"):
+        lines += ["", "targets: " + ", ".join(f"{k} {v['value']:.3f} {v['target']} {'met' if v['met'] else 'MISSED'}"
+                                              for k, v in r["targets"].items())]
+    lines.append(f"wall time {r['wall_s']:.1f} s")
+    return lines
+
+
+def execute(args) -> int:
+    from .. import bench
+    settings = settings_from_args(args)
+    if args.profile:
+        print(bench.profile_step(settings, what=args.profile))
+        return 0
+    result = bench.run(settings)
+    if args.out:
+        from ..checkpoint import write_json
+        write_json(Path(args.out), result)
+    print(json.dumps(result, indent=2) if args.json else "\n".join(render(result)))
+    return 0
