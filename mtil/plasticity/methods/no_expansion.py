@@ -1,0 +1,21 @@
+"""No Expansion: the 3-layer MLP at its full (final) width from the start; `expand` does nothing."""
+from . import ExpandableMLP, register
+from ..models import mlp3, n_params
+
+
+@register("no_expansion")
+class NoExpansion(ExpandableMLP):
+    label = "No Expansion"
+
+    def __init__(self, in_dim, num_classes, cfg):
+        super().__init__()
+        self.net = mlp3(in_dim, cfg.hidden, cfg.hidden, num_classes)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def expand(self):
+        pass
+
+    def active_params(self):
+        return n_params(self.net)

@@ -1,0 +1,48 @@
+"""The chunked continual stream: examples split into disjoint chunks; at chunk c batches come from chunks 1..c."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import MtilError
+
+
+class ChunkStream:
+    """Seeded split of `num_examples` indices (optionally a random subset of `keep`) into `chunks` disjoint chunks.
+
+    Chunks are numbered from 1. `sample(c, n, generator)` draws n indices uniformly, with replacement, from the
+    union of chunks 1..c, so earlier chunks are retained and keep a share (c - 1) / c of every batch on average.
+    """
+
+    def __init__(self, num_examples: int, chunks: int, seed: int, keep: int | None = None):
+        if chunks < 1:
+            raise MtilError(f"study.chunks must be at least 1, got {chunks}")
+        order = np.random.default_rng(seed).permutation(num_examples)
+        if keep is not None:
+            order = order[:keep]
+        if len(order) < chunks:
+            raise MtilError(f"{len(order)} examples cannot fill {chunks} chunks; lower study.chunks")
+        self.chunks = [torch.from_numpy(part.copy()) for part in np.array_split(order, chunks)]
+        self._seen = [torch.cat(self.chunks[:c]) for c in range(1, chunks + 1)]
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def seen(self, c: int) -> torch.Tensor:
+        """Indices of chunks 1..c."""
+        return self._seen[c - 1]
+
+    def sample(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        pool = self._seen[c - 1]
+        return pool[torch.randint(len(pool), (n,), generator=generator)]
+
+
+def noisy_labels(labels: torch.Tensor, fraction: float, num_classes: int, seed: int) -> torch.Tensor:
+    """A copy of `labels` where a seeded `fraction` of examples get a fixed uniformly random label."""
+    if not 0.0 <= fraction <= 1.0:
+        raise MtilError(f"data.label_noise must lie in [0, 1], got {fraction}")
+    out = labels.clone()
+    rng = np.random.default_rng([seed, 1])
+    which = rng.permutation(len(labels))[: int(round(fraction * len(labels)))]
+    out[torch.from_numpy(which)] = torch.from_numpy(rng.integers(0, num_classes, len(which)))
+    return out

@@ -1,0 +1,348 @@
+"""The plasticity study runner: for every (method, seed) train through the chunked stream, expanding the MLP at
+each chunk start, then write results.json, table.md and the training-accuracy figure into the output directory.
+
+Resumability: each (method, seed) result is written atomically to `OUT/runs/<method>-seed<seed>.json` as soon as
+it finishes, together with a fingerprint of the config. A rerun into the same directory skips finished runs
+whose fingerprint matches (skip-finished is the default; there is no `--resume` flag) and refuses, with one
+line, to mix results of a different config. The summary files cover the methods and seeds of the current call.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import config as mtil_config
+from ..errors import MtilError
+from . import methods as registry
+from .models import ConvTrunk, PlasticityNet, n_params
+from .stream import ChunkStream, noisy_labels
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "plasticity/base.yaml"
+DEFAULT_CONFIG = "plasticity/demo.yaml"
+
+
+# ---------------------------------------------------------------------------------------------------- config
+def load_config(path=None, overrides=()) -> mtil_config.Config:
+    cfg = mtil_config.load(path or DEFAULT_CONFIG, overrides, schema=SCHEMA)
+    registry.check(list(cfg.study.methods))
+    if cfg.train.threads is not None and cfg.train.threads < 1:
+        raise MtilError(f"train.threads must be a positive integer or null, got {cfg.train.threads}")
+    if cfg.study.steps_per_chunk < 1 or cfg.train.batch_size < 1 or cfg.train.log_every < 1:
+        raise MtilError("study.steps_per_chunk, train.batch_size and train.log_every must be positive")
+    if len(cfg.model.cnn_channels) != 3:
+        raise MtilError(f"model.cnn_channels must list 3 conv widths, got {cfg.model.cnn_channels}")
+    return cfg
+
+
+def fingerprint(cfg) -> str:
+    """Hash of everything that changes one (method, seed) result (not the method / seed lists, not plotting)."""
+    data = mtil_config.unwrap(cfg)
+    data["study"] = {k: v for k, v in data["study"].items() if k not in ("methods", "seeds")}
+    data.pop("plot", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def build_model(name: str, cfg) -> PlasticityNet:
+    cnn = ConvTrunk(cfg.data.channels, list(cfg.model.cnn_channels), cfg.model.pool)
+    return PlasticityNet(cnn, registry.build(name, cnn.out_dim, cfg.data.num_classes, cfg.methods))
+
+
+def param_rows(cfg, methods: list[str]) -> list[dict]:
+    """Active / stored / trainable MLP parameters at chunk 1 and at the last chunk, built without training."""
+    torch.manual_seed(0)
+    rows = []
+    for name in ["no_expansion"] + [m for m in methods if m != "no_expansion"]:
+        model = build_model(name, cfg)
+        first = model.mlp.active_params()
+        for _ in range(cfg.study.chunks - 1):
+            model.mlp.grow()
+        rows.append({"method": name, "label": registry.label(name), "active_first": first,
+                     "active_final": model.mlp.active_params(), "stored_final": n_params(model.mlp),
+                     "trainable_final": n_params(model.mlp, trainable_only=True), "cnn": n_params(model.cnn)})
+    ref = rows[0]["active_final"]
+    for r in rows:
+        r["ratio"] = r["active_final"] / ref
+    return [r for r in rows if r["method"] in methods]
+
+
+def params_markdown(rows: list[dict], chunks: int) -> str:
+    lines = [f"| method | MLP active @ chunk 1 | MLP active @ chunk {chunks} | vs No Expansion | "
+             f"MLP stored @ chunk {chunks} | MLP trainable @ chunk {chunks} |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['active_first']:,} | {r['active_final']:,} | {r['ratio']:.3f} | "
+                     f"{r['stored_final']:,} | {r['trainable_final']:,} |")
+    if rows:
+        lines.append(f"\nShared CNN trunk: {rows[0]['cnn']:,} parameters (trained by every method, never expanded).")
+    return "\n".join(lines)
+
+
+def make_optimizer(model: torch.nn.Module, tcfg, old: torch.optim.Optimizer | None = None):
+    """An optimizer over every parameter that requires gradients (call again after each expansion)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if tcfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, foreach=True)
+    elif tcfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay,
+                              foreach=True)
+    else:
+        raise MtilError(f"train.optimizer must be adam or sgd, got '{tcfg.optimizer}'")
+    if old is not None and tcfg.keep_optimizer_state:
+        carry_state(old, opt, getattr(getattr(model, "mlp", model), "moved", []))
+    return opt
+
+
+def carry_state(old: torch.optim.Optimizer, new: torch.optim.Optimizer, moved) -> None:
+    """Copy per-parameter state from `old` to `new`: unchanged parameters keep theirs; a parameter that replaced
+    an old one (grown by the expansion) gets the old state in its leading block and zeros elsewhere (its new
+    entries inherit the step count)."""
+    params = {p for group in new.param_groups for p in group["params"]}
+    for p in params:
+        if p in old.state:
+            new.state[p] = old.state[p]
+    for before, after in moved:
+        if after not in params or before not in old.state:
+            continue
+        state = {}
+        for key, value in old.state[before].items():
+            if torch.is_tensor(value) and value.shape == before.shape:
+                grown = torch.zeros_like(after)
+                grown[tuple(slice(0, n) for n in before.shape)] = value
+                value = grown
+            state[key] = value
+        new.state[after] = state
+
+
+# ---------------------------------------------------------------------------------------------------- one run
+@dataclass
+class Data:
+    images: torch.Tensor  # uint8 [N, C, S, S] on the training device
+    labels: torch.Tensor  # int64 [N] (true labels; noise is applied per seed)
+    mean: torch.Tensor    # [1, C, 1, 1]
+    std: torch.Tensor
+
+
+def prepare_data(cfg, device: torch.device) -> Data:
+    from .data import load_images
+
+    images, labels = load_images(cfg.data)
+    c = images.shape[1]
+    total, sq, n = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    for part in images.split(8192):
+        f = part.double()
+        total += f.sum((0, 2, 3))
+        sq += (f * f).sum((0, 2, 3))
+        n += f[:, 0].numel()
+    mean = total / n
+    std = (sq / n - mean * mean).clamp_min(1e-12).sqrt()
+    as4d = lambda t: t.float().view(1, c, 1, 1).to(device)  # noqa: E731
+    return Data(images.to(device), labels.to(device), as4d(mean), as4d(std.clamp_min(1.0)))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MtilError(f"train.device={name} but no CUDA device is available; use train.device=cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def _evaluate(model, data: Data, labels: torch.Tensor, idx: torch.Tensor, batch_size: int) -> torch.Tensor:
+    model.eval()
+    correct = []
+    for part in idx.split(batch_size):
+        x = (data.images[part].float() - data.mean) / data.std
+        correct.append(model(x).argmax(1) == labels[part])
+    model.train()
+    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+
+
+def run_one(cfg, name: str, seed: int, data: Data) -> dict:
+    """Train one method with one seed through every chunk; return its record (JSON-serialisable)."""
+    device = data.images.device
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    stream = ChunkStream(len(data.labels), cfg.study.chunks, seed, cfg.data.max_examples)
+    labels = noisy_labels(data.labels.cpu(), cfg.data.label_noise, cfg.data.num_classes, seed).to(device)
+    sampler = torch.Generator().manual_seed(seed + 7919)
+    eval_rng = np.random.default_rng([seed, 2])
+    model = build_model(name, cfg).to(device)
+    steps, bs, every = cfg.study.steps_per_chunk, cfg.train.batch_size, cfg.train.log_every
+    record = {"method": name, "label": registry.label(name), "seed": seed, "steps": [], "train_acc": [],
+              "train_loss": [], "chunks": []}
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps * cfg.study.chunks, desc=f"{name} seed {seed}", unit="step", leave=False,
+               disable=None if log.isEnabledFor(logging.INFO) else True)
+    opt, step, start = None, 0, time.time()
+    for c in range(1, cfg.study.chunks + 1):
+        if c > 1:
+            model.mlp.grow()
+            model.mlp.to(device)
+        opt = make_optimizer(model, cfg.train, old=opt)  # covers the parameters the expansion just added
+        acc_sum = torch.zeros((), device=device)
+        loss_sum = torch.zeros((), device=device)
+        seen_in_window = 0
+        for i in range(steps):
+            idx = stream.sample(c, bs, sampler).to(device)
+            x = (data.images[idx].float() - data.mean) / data.std
+            y = labels[idx]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            acc_sum += (logits.detach().argmax(1) == y).sum()
+            loss_sum += loss.detach() * len(y)
+            seen_in_window += len(y)
+            if step % every == 0 or i == steps - 1:
+                record["steps"].append(step)
+                record["train_acc"].append(round(acc_sum.item() / seen_in_window, 6))
+                record["train_loss"].append(round(loss_sum.item() / seen_in_window, 6))
+                acc_sum.zero_()
+                loss_sum.zero_()
+                seen_in_window = 0
+            bar.update(1)
+        seen = stream.seen(c)
+        pos = np.arange(len(seen))
+        if cfg.eval.max_examples is not None and len(seen) > cfg.eval.max_examples:
+            pos = np.sort(eval_rng.choice(len(seen), cfg.eval.max_examples, replace=False))
+        correct = _evaluate(model, data, labels, seen[torch.from_numpy(pos)].to(device), cfg.eval.batch_size).cpu()
+        is_new = torch.from_numpy(pos >= len(seen) - len(stream.chunks[c - 1]))
+        mean = lambda t: round(t.float().mean().item(), 6) if len(t) else None  # noqa: E731
+        record["chunks"].append({
+            "chunk": c, "end_step": step, "acc_seen": mean(correct), "acc_new": mean(correct[is_new]),
+            "acc_old": mean(correct[~is_new]), "train_acc": record["train_acc"][-1],
+            "mlp_active_params": model.mlp.active_params(), "mlp_params": n_params(model.mlp),
+            "trainable_params": n_params(model, trainable_only=True)})
+        log.info("%s seed %d chunk %d/%d: train acc %.3f, seen acc %.3f, MLP active %d", name, seed, c,
+                 cfg.study.chunks, record["train_acc"][-1], record["chunks"][-1]["acc_seen"],
+                 record["chunks"][-1]["mlp_active_params"])
+    bar.close()
+    record["wall_s"] = round(time.time() - start, 2)
+    return record
+
+
+# ---------------------------------------------------------------------------------------------------- study
+def write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def summarize(records: dict, methods: list[str], seeds: list[int]) -> dict:
+    out = {}
+    for m in methods:
+        runs = [records[(m, s)] for s in seeds]
+        acc = np.array([[ch["acc_seen"] for ch in r["chunks"]] for r in runs])
+        curve = np.array([r["train_acc"] for r in runs])
+        out[m] = {"label": runs[0]["label"], "seeds": seeds,
+                  "acc_seen_mean": acc.mean(0).round(6).tolist(), "acc_seen_std": acc.std(0).round(6).tolist(),
+                  "mlp_active_params": [ch["mlp_active_params"] for ch in runs[0]["chunks"]],
+                  "steps": runs[0]["steps"], "train_acc_mean": curve.mean(0).round(6).tolist(),
+                  "train_acc_std": curve.std(0).round(6).tolist()}
+    return out
+
+
+def table_markdown(summary: dict, chunks: int) -> str:
+    head = "| method | " + " | ".join(f"c{c}" for c in range(1, chunks + 1)) + " |"
+    rule = "|---|" + "---:|" * chunks
+    acc_lines, par_lines = [head, rule], [head, rule]
+    for s in summary.values():
+        n = len(s["seeds"])
+        cells = [f"{100 * m:.1f}" + (f" ± {100 * sd:.1f}" if n > 1 else "")
+                 for m, sd in zip(s["acc_seen_mean"], s["acc_seen_std"])]
+        acc_lines.append(f"| {s['label']} | " + " | ".join(cells) + " |")
+        par_lines.append(f"| {s['label']} | " + " | ".join(f"{p:,}" for p in s["mlp_active_params"]) + " |")
+    seeds = next(iter(summary.values()))["seeds"] if summary else []
+    return ("Accuracy (%) on all examples seen so far (chunks 1..c), at the end of chunk c"
+            + (f"; mean ± std over seeds {seeds}" if len(seeds) > 1 else f"; seed {seeds[0]}" if seeds else "")
+            + ":\n\n" + "\n".join(acc_lines)
+            + "\n\nActive MLP parameters during chunk c:\n\n" + "\n".join(par_lines) + "\n")
+
+
+@dataclass
+class StudyResult:
+    table: str
+    files: list[Path]
+    trained: list[tuple[str, int]]
+    skipped: list[tuple[str, int]]
+
+
+def run_study(cfg, out: Path, methods: list[str] | None = None, seeds: list[int] | None = None) -> StudyResult:
+    methods = registry.check(list(methods or cfg.study.methods))
+    seeds = list(cfg.study.seeds if seeds is None else seeds)
+    if not seeds:
+        raise MtilError("no seed selected; pass e.g. --seeds 0,1,2")
+    out = Path(out)
+    fp = fingerprint(cfg)
+    records, todo, skipped = {}, [], []
+    for m in methods:
+        for s in seeds:
+            path = out / "runs" / f"{m}-seed{s}.json"
+            if path.exists():
+                try:
+                    rec = json.loads(path.read_text())
+                except json.JSONDecodeError:
+                    raise MtilError(f"{path} is unreadable; delete it to rerun {m} seed {s}") from None
+                if rec.get("fingerprint") != fp:
+                    raise MtilError(f"{out} holds results of a different config ({path.name}); "
+                                    f"use another --out or delete {out / 'runs'}")
+                records[(m, s)] = rec
+                skipped.append((m, s))
+                log.info("skipping %s seed %d: finished in %s", m, s, path)
+            else:
+                todo.append((m, s))
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "config.yaml", mtil_config.dump(cfg))
+    if todo:
+        device = resolve_device(cfg.train.device)
+        threads = torch.get_num_threads()
+        if cfg.train.threads is not None:
+            torch.set_num_threads(cfg.train.threads)
+        try:
+            data = prepare_data(cfg, device)
+            for m, s in todo:
+                rec = run_one(cfg, m, s, data)
+                rec["fingerprint"] = fp
+                write_json_atomic(out / "runs" / f"{m}-seed{s}.json", rec)
+                records[(m, s)] = rec
+        finally:
+            torch.set_num_threads(threads)
+    summary = summarize(records, methods, seeds)
+    drop = {"wall_s"}
+    results = {"config": mtil_config.unwrap(cfg), "fingerprint": fp, "methods": methods, "seeds": seeds,
+               "summary": summary,
+               "runs": {f"{m}-seed{s}": {k: v for k, v in records[(m, s)].items() if k not in drop}
+                        for m in methods for s in seeds}}
+    write_json_atomic(out / "results.json", results)
+    write_json_atomic(out / "timings.json", {f"{m}-seed{s}": records[(m, s)].get("wall_s")
+                                             for m in methods for s in seeds})
+    table = table_markdown(summary, cfg.study.chunks)
+    write_text_atomic(out / "table.md", table)
+    from .figures import plot_training_accuracy
+
+    figs = plot_training_accuracy(summary, out, cfg.study.steps_per_chunk, cfg.study.chunks, cfg.plot.smooth,
+                                  cfg.plot.dpi)
+    files = [out / "results.json", out / "table.md", *figs, out / "timings.json", out / "config.yaml"]
+    return StudyResult(table, files, todo, skipped)
