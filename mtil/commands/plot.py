@@ -1,0 +1,25 @@
+"""`mtil plot RUN_DIR [--out DIR] [--formats png,svg] [--layer image.0]`: the figures of one run directory."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(p) -> None:
+    p.add_argument("run_dir", help="a run directory (the --out of `mtil run` or `mtil demo`)")
+    p.add_argument("--out", default=None, help="folder for the figures (default RUN_DIR/figures)")
+    p.add_argument("--formats", default="png,svg", help="comma-separated file formats (default png,svg)")
+    p.add_argument("--layer", default=None, help="adapter layer of the router-weights figure, <tower>.<block> "
+                   "(default image.0, or the run's first layer)")
+
+
+def execute(args) -> int:
+    from ..plots import write_run_figures
+    written, skipped = write_run_figures(Path(args.run_dir), args.out, args.formats, args.layer)
+    folder = Path(args.out) if args.out else Path(args.run_dir) / "figures"
+    names = sorted({p.stem for p in written}, key=lambda n: [p.stem for p in written].index(n))
+    print(f"wrote {len(written)} files ({len(names)} figures) to {folder}:")
+    for path in written:
+        print(f"  {path}")
+    for name, reason in skipped.items():
+        print(f"  skipped {name}: {reason}")
+    return 0
