@@ -200,7 +200,8 @@ def usage_heatmap(run, tower: str = "image") -> Figure:
     frozen = _frozen_cells(run, tower)
     ncols = min(num_tasks, 3)
     nrows = math.ceil(num_tasks / ncols)
-    panel_w, panel_h = 1.0 + 0.32 * num_experts, 0.9 + 0.3 * num_blocks
+    panel_w = 1.0 + min(0.32, 4.5 / num_experts) * num_experts
+    panel_h = 0.9 + min(0.3, 3.6 / num_blocks) * num_blocks
     fig = _figure(ncols * panel_w + 1.4, nrows * panel_h + 1.0)
     labels = _task_labels(run, num_tasks)
     axes = []
@@ -222,7 +223,7 @@ def usage_heatmap(run, tower: str = "image") -> Figure:
         if t >= num_tasks - ncols:
             ax.set_xlabel("expert")
         axes.append(ax)
-    fig.colorbar(image, ax=axes, label="share of the block's top-k selections", shrink=0.9)
+    fig.colorbar(image, ax=axes, label="share of the block's top-k selections", shrink=0.9 if nrows == 1 else 0.5)
     title = f"Expert usage per task, {tower} tower — {run.name} (policy {run.policy})"
     if frozen:
         title += "\nred outline: expert frozen at the end of that task"
@@ -316,8 +317,8 @@ def router_weights(run, layer: str = DEFAULT_LAYER) -> Figure:
               ncols=1 if len(used) <= 14 else 2, title="expert", title_fontsize=8)
     router = (run.config.get("moe") or {}).get("router") if isinstance(run.config.get("moe"), dict) else None
     note = {"per_task": "one router per task", "shared": "one shared router"}.get(router, "")
-    ax.set_title(f"Router weights of layer {layer} — {run.name} (policy {run.policy}"
-                 f"{'; ' + note if note else ''})", fontsize=10, pad=18)
+    fig.suptitle(f"Router weights of layer {layer} — {run.name} (policy {run.policy}"
+                 f"{'; ' + note if note else ''})", fontsize=10)
     return fig
 
 
@@ -364,7 +365,7 @@ def event_timeline(run) -> Figure:
         ax.text(0.5, 0.5, f"no merge / grow / freeze events in this run (policy '{run.policy}')",
                 transform=ax.transAxes, ha="center", va="center", fontsize=10, color="0.3",
                 bbox={"facecolor": "white", "edgecolor": "0.8", "boxstyle": "round"})
-    ax.set_title(f"Expert lifecycle events — {run.name} (policy {run.policy})", fontsize=10, pad=18)
+    fig.suptitle(f"Expert lifecycle events — {run.name} (policy {run.policy})", fontsize=10)
     return fig
 
 
@@ -409,20 +410,22 @@ def compare_policies(results_by_policy: dict[str, list[dict]]) -> Figure:
         ax_tasks.bar(np.arange(len(tasks)) + offset, [m for m, _ in stats], width, yerr=[s for _, s in stats],
                      color=colours[n], label=label, capsize=2, error_kw={"linewidth": 0.8})
         summary = [_mean_std([r.get(k) for r in runs]) for k in ("transfer", "avg", "last")]
-        bars = ax_summary.bar(np.arange(3) + offset, [m for m, _ in summary], width, yerr=[s for _, s in summary],
-                              color=colours[n], label=label, capsize=2, error_kw={"linewidth": 0.8})
-        ax_summary.bar_label(bars, labels=[_fmt(m) for m, _ in summary], fontsize=6.5, padding=2, rotation=90)
+        ax_summary.bar(np.arange(3) + offset, [m for m, _ in summary], width, yerr=[s for _, s in summary],
+                       color=colours[n], capsize=2, error_kw={"linewidth": 0.8})
+        for k, (m, s) in enumerate(summary):
+            if not math.isnan(m):
+                ax_summary.text(k + offset, m + s + 1.5, _fmt(m), ha="center", va="bottom", rotation=90, fontsize=7)
     ax_tasks.set_xticks(range(len(tasks)), tasks, rotation=40, ha="right", rotation_mode="anchor")
     ax_tasks.set_ylabel("Last accuracy (%) — final row")
     ax_tasks.set_title("accuracy on each dataset after the last task", fontsize=10)
     ax_summary.set_xticks(range(3), ["Transfer", "Avg", "Last"])
     ax_summary.set_title("MTIL metrics", fontsize=10)
     for ax in (ax_tasks, ax_summary):
-        ax.set_ylim(0, 112)
+        ax.set_ylim(0, 118)
         ax.grid(axis="y", color="0.9", linewidth=0.8)
         ax.set_axisbelow(True)
-    ax_tasks.legend(fontsize=8, frameon=False, ncols=min(len(names), 4), loc="upper left")
     fig.suptitle("Policies compared (mean ± std over seeds)", fontsize=11)
+    fig.legend(loc="outside lower center", fontsize=8.5, frameon=False, ncols=min(len(names), 6))
     return fig
 
 
