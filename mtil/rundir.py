@@ -165,8 +165,8 @@ def _read_usage(file: Path, num_tasks: int) -> dict[str, np.ndarray]:
             usage = {k: z[k] for k in z.files}
     except OSError as e:
         raise MtilError(f"cannot read {file} ({e.strerror or e}); it is not a numpy .npz archive") from None
-    except (ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise _malformed(file, f"{type(e).__name__}") from None
+    except (ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise _malformed(file, f"not a numpy .npz archive: {type(e).__name__}") from None
     steps = usage.get("router_steps")
     for tower in TOWERS:
         if f"{tower}_blocks" not in usage:
