@@ -192,6 +192,20 @@ def test_bad_formats_are_rejected_before_writing(tmp_path, capsys):
     assert not (run / "figures").exists()
 
 
+def test_unwritable_out_is_one_line_and_keeps_earlier_figures(tmp_path, capsys):
+    run = fake_run(tmp_path / "run")
+    plots.plot_run(run, formats=["png"])
+    before = {p.name: p.read_bytes() for p in (run / "figures").iterdir()}
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["plot", str(run), "--out", str(blocker / "figs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write" in err[0] and "choose another output folder" in err[0]
+    assert {p.name: p.read_bytes() for p in (run / "figures").iterdir()} == before
+    with pytest.raises(MtilError, match="is not a folder"):
+        find_runs(blocker)
+
+
 # ---- edge cases on hand-built runs --------------------------------------------------------------------------------
 def test_partial_run_plots_what_it_has(tmp_path):
     run = load_run(fake_run(tmp_path / "run", tasks=("A", "B", "C", "D"), rows=2))
