@@ -2,7 +2,8 @@
 
 Every figure is a median over interleaved rounds (variant A, variant B, ..., then again), and every ratio is the
 median of the per-round ratios, so a machine that is busy with other work slows the variants of a round alike
-and the ratio stays meaningful where a raw time does not. What is measured (see `benchmarks/README.md`):
+and the ratio stays meaningful where a raw time does not. On a CPU device the clock is the process's CPU time
+(time spent waiting for a core shared with other jobs is not counted); on CUDA it is wall time. What is measured (see `benchmarks/README.md`):
 
 1. `train`: one training step (forward + backward + AdamW step with the `SliceGuard`, frozen backbone, both
    towers adapted, CLIP logits against `classes` prompts, label-smoothed cross-entropy) with MoE adapters
@@ -69,10 +70,11 @@ class Settings:
     top_k: int = 2
     hidden: int | None = None
     routers: int = 11               # per-task routers, as in an 11-task MTIL run
-    rounds: int = 5                 # interleaved timing rounds (medians over these)
-    steps: int = 3                  # timed calls per variant per round
+    rounds: int = 7                 # interleaved timing rounds (medians over these)
+    steps: int = 2                  # timed calls per variant per round
     warmup: int = 2                 # untimed calls per variant before the first round
     precision: str = "fp32"         # fp32 | bf16 (autocast)
+    clock: str = "auto"             # auto (CPU: process CPU time, CUDA: wall) | cpu | wall
     device: str | None = None       # None: cuda when available, else cpu
     threads: int | None = None      # torch intra-op threads (None: leave torch's setting)
     sections: tuple = SECTIONS
@@ -85,7 +87,7 @@ class Settings:
     eval_test: int = 256            # test images per task
     eval_train: int = 64            # training images per task (selector fit)
     eval_batch: int = 128
-    eval_rounds: int | None = None  # None: rounds
+    eval_rounds: int | None = 5     # None: rounds (an evaluation round is long: fewer of them)
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -106,7 +108,7 @@ def reference_dispatch(layer: moe.MoEAdapter, x: torch.Tensor, idx: torch.Tensor
         hid = F.relu(x[rows] @ layer.w_down[e].to(dtype) + layer.b_down[e].to(dtype))
         hid = layer.dropout(hid)
         y = hid @ layer.w_up[e].to(dtype) + layer.b_up[e].to(dtype)
-        out = out.index_add(0, rows, y * weights[rows, slots].to(dtype)[:, None, None])
+        out.index_add_(0, rows, y * weights[rows, slots].to(dtype)[:, None, None])
     return out * layer.scale
 
 
@@ -148,27 +150,41 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def _time_call(fn: Callable[[], object], steps: int, device: torch.device) -> float:
+def _clock(device: torch.device, clock: str) -> str:
+    """`auto`: process CPU time on a CPU device (robust when other jobs share the cores: waiting for a core is
+    not counted), wall time on CUDA (the host mostly waits for the GPU there)."""
+    if clock not in ("auto", "cpu", "wall"):
+        raise MtilError(f"bench clock must be auto, cpu or wall, got {clock!r}")
+    return ("cpu" if device.type == "cpu" else "wall") if clock == "auto" else clock
+
+
+def _time_call(fn: Callable[[], object], steps: int, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per call, averaged over `steps` calls."""
     _sync(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         fn()
     _sync(device)
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
 def interleaved(variants: dict[str, Callable[[], object]], *, rounds: int, steps: int, warmup: int,
-                device: torch.device) -> dict[str, list[float]]:
-    """Seconds per call of each variant, one figure per round; the variants take turns within every round."""
+                device: torch.device, clock: str = "auto") -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Seconds per call of each variant, one figure per round, in `clock` (see `_clock`) and in wall time; the
+    variants take turns within every round, in alternating order."""
+    clock = _clock(device, clock)
     for fn in variants.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in variants}
+    wall = {name: [] for name in variants}
     for r in range(rounds):
         order = list(variants) if r % 2 == 0 else list(reversed(variants))  # no variant always runs first
         for name in order:
-            times[name].append(_time_call(variants[name], steps, device))
-    return times
+            w, c = _time_call(variants[name], steps, device)
+            times[name].append(c if clock == "cpu" else w)
+            wall[name].append(w)
+    return times, wall
 
 
 def median(values) -> float:
@@ -178,6 +194,12 @@ def median(values) -> float:
 def ratio(times: dict[str, list[float]], num: str, den: str) -> float:
     """Median over rounds of num/den (time ratio: > 1 means `num` is slower)."""
     return median([a / b for a, b in zip(times[num], times[den])])
+
+
+def spread(times: dict[str, list[float]], num: str, den: str) -> list[float]:
+    """Interquartile range [q25, q75] of the per-round ratios num/den: how far one ratio can be trusted."""
+    values = np.array([a / b for a, b in zip(times[num], times[den])])
+    return [float(np.quantile(values, 0.25)), float(np.quantile(values, 0.75))]
 
 
 def _rss() -> int:
@@ -353,8 +375,11 @@ def bench_train(f: StepFactory) -> tuple[dict, dict]:
     moe_step, _ = f.moe_step(s.experts, s.top_k)
     dense_step, _ = f.moe_step(1, 1)
     variants = {"moe": moe_step, "dense": dense_step, "plain": f.plain_step(), "frozen_forward": f.frozen_forward()}
-    times = interleaved(variants, rounds=s.rounds, steps=s.steps, warmup=s.warmup, device=f.device)
+    times, wall = interleaved(variants, rounds=s.rounds, steps=s.steps, warmup=s.warmup, device=f.device,
+                              clock=s.clock)
     out = {f"{k}_s": median(v) for k, v in times.items()}
+    out.update({f"{k}_wall_s": median(v) for k, v in wall.items()})
+    out.update(moe_over_dense_iqr=spread(times, "moe", "dense"), moe_over_frozen_iqr=spread(times, "moe", "frozen_forward"))
     out.update(moe_over_dense=ratio(times, "moe", "dense"), moe_over_plain=ratio(times, "moe", "plain"),
                dense_over_plain=ratio(times, "dense", "plain"), moe_over_frozen=ratio(times, "moe", "frozen_forward"),
                dense_over_frozen=ratio(times, "dense", "frozen_forward"), rounds=times)
@@ -406,16 +431,18 @@ def bench_dispatch(f: StepFactory) -> dict:
     vectorized = moe.MoEAdapter.dispatch
     with torch.no_grad():
         diff = float((vectorized(layer, x, idx, weights) - reference_dispatch(layer, x, idx, weights)).abs().max())
-    times_fwd = interleaved({"vectorized": forward(vectorized), "loop": forward(reference_dispatch)},
-                            rounds=s.rounds, steps=s.steps, warmup=s.warmup, device=f.device)
+    times_fwd, _ = interleaved({"vectorized": forward(vectorized), "loop": forward(reference_dispatch)},
+                               rounds=s.rounds, steps=s.steps, warmup=s.warmup, device=f.device, clock=s.clock)
     layer.train()
     layer.dropout.p = 0.0  # same work for both, and comparable outputs
-    times_train = interleaved({"vectorized": train(vectorized), "loop": train(reference_dispatch)},
-                              rounds=s.rounds, steps=s.steps, warmup=s.warmup, device=f.device)
+    times_train, _ = interleaved({"vectorized": train(vectorized), "loop": train(reference_dispatch)},
+                                 rounds=s.rounds, steps=s.steps, warmup=s.warmup, device=f.device, clock=s.clock)
     return {"samples": n, "tokens": length, "dim": f.width, "hidden": f.hidden, "experts": s.experts,
             "top_k": s.top_k, "experts_used": int(idx.unique().numel()), "max_abs_diff": diff,
             "vectorized_forward_s": median(times_fwd["vectorized"]), "loop_forward_s": median(times_fwd["loop"]),
             "speedup_forward": ratio(times_fwd, "loop", "vectorized"),
+            "speedup_forward_iqr": spread(times_fwd, "loop", "vectorized"),
+            "speedup_train_iqr": spread(times_train, "loop", "vectorized"),
             "vectorized_train_s": median(times_train["vectorized"]), "loop_train_s": median(times_train["loop"]),
             "speedup_train": ratio(times_train, "loop", "vectorized")}
 
@@ -434,8 +461,8 @@ def bench_scaling(f: StepFactory, base_step: Callable | None) -> dict:
                 steps[value] = base_step
             else:
                 steps[value], _ = f.moe_step(experts, k)
-        times = interleaved({str(k): v for k, v in steps.items()}, rounds=s.rounds, steps=s.steps,
-                            warmup=s.warmup, device=f.device)
+        times, _ = interleaved({str(k): v for k, v in steps.items()}, rounds=s.rounds, steps=s.steps,
+                               warmup=s.warmup, device=f.device, clock=s.clock)
         ref = str(s.experts if axis == "experts" else s.top_k)
         rows = []
         for value, fn in steps.items():
@@ -503,6 +530,10 @@ def bench_eval(f: StepFactory) -> dict:
     if any(ev._cache[j].pixels is None for j in range(len(tasks))):  # pragma: no cover - budget is huge
         raise MtilError("bench: the evaluator did not keep the test pixels; raise eval.pixel_cache_mb")
     routed = [float((ev.routes(j, len(tasks), ev._cache[j].features) >= 0).float().mean()) for j in range(len(tasks))]
+    if np.mean(routed) < 0.5:
+        log.warning("bench eval: the selector routes only %.0f%% of the test images to an adapted router (too few "
+                    "training images per task?); the row is then mostly cached features and its speed says little",
+                    100 * np.mean(routed))
     bare = copy.deepcopy(f.clip).eval()
     pixels = [ev._cache[j].pixels for j in range(len(tasks))]
     n_images = sum(len(p) for p in pixels)
@@ -519,13 +550,14 @@ def bench_eval(f: StepFactory) -> dict:
         for j in range(len(tasks)):
             ev.text_features(j, j)
 
-    rows = interleaved({"row": lambda: ev.row(len(tasks)), "bare": bare_pass, "text": text_pass},
-                       rounds=s.eval_rounds or s.rounds, steps=1, warmup=0, device=f.device)
+    bare_pass()  # warm-up (the row was warmed up above)
+    rows, _ = interleaved({"row": lambda: ev.row(len(tasks)), "bare": bare_pass, "text": text_pass},
+                          rounds=s.eval_rounds or s.rounds, steps=1, warmup=0, device=f.device, clock=s.clock)
     again = ev.row(len(tasks))
     return {"tasks": len(tasks), "images_per_row": n_images, "prompts_per_row": len(tasks) * s.eval_classes * s.eval_templates,
             "routed_fraction": float(np.mean(routed)), "selector_accuracy": warm["selector_accuracy"],
             "row_images_per_s": n_images / median(rows["row"]), "bare_images_per_s": n_images / median(rows["bare"]),
-            "eval_over_bare": median([b / r for r, b in zip(rows["row"], rows["bare"])]),
+            "eval_over_bare": ratio(rows, "bare", "row"), "eval_over_bare_iqr": spread(rows, "bare", "row"),
             "text_share_of_row": median([t / r for r, t in zip(rows["row"], rows["text"])]),
             "first_row_s": first, "row_s": median(rows["row"]), "bare_s": median(rows["bare"]),
             "deterministic": again["accuracies"] == warm["accuracies"]}
@@ -594,7 +626,7 @@ def run(settings: Settings | None = None, **overrides) -> dict:
     started = time.perf_counter()
     f = StepFactory(s, device)
     result = {"settings": {**asdict(s), "model": resolve_model(s.model), "hidden": f.hidden,
-                           "sections": list(s.sections)},
+                           "sections": list(s.sections), "clock": _clock(device, s.clock)},
               "machine": machine_info(device), "tokens": f.token_count}
     variants = None
     if "train" in s.sections or "memory" in s.sections:

@@ -13,9 +13,12 @@ def add_arguments(p) -> None:
     p.add_argument("--top-k", type=int, default=2, help="experts per sample (default 2)")
     p.add_argument("--hidden", type=int, default=None, help="expert width (default: width/12, i.e. 64 for ViT-B/16)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds; figures are medians (default 5)")
-    p.add_argument("--steps", type=int, default=3, help="timed calls per variant per round (default 3)")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds; figures are medians (default 7)")
+    p.add_argument("--steps", type=int, default=2, help="timed calls per variant per round (default 2)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="autocast dtype (default fp32)")
+    p.add_argument("--clock", default="auto", choices=["auto", "cpu", "wall"],
+                   help="auto (default): process CPU time on CPU, so other jobs on shared cores do not skew the "
+                   "ratios; wall time on CUDA")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--sections", default=",".join(_sections()),
                    help=f"comma-separated subset of {','.join(_sections())}")
@@ -35,7 +38,11 @@ def settings_from_args(args):
     sections = tuple(x.strip() for x in args.sections.split(",") if x.strip())
     return Settings(model=args.model, batch=args.batch, classes=args.classes, experts=args.experts, top_k=args.top_k,
                     hidden=args.hidden, threads=args.threads, rounds=args.rounds, steps=args.steps,
-                    precision=args.precision, device=args.device, sections=sections)
+                    precision=args.precision, clock=args.clock, device=args.device, sections=sections)
+
+
+def _iqr(v):
+    return f"[{v[0]:.2f}, {v[1]:.2f}]" if v else ""
 
 
 def _f(x, digits=3):
@@ -48,15 +55,15 @@ def render(r: dict) -> list[str]:
     lines = [f"mtil bench: {s['model']} on {m['device']}{' (' + m['gpu'] + ')' if m.get('gpu') else ''}, "
              f"{m['torch_threads']} torch thread(s), {m['cpus']} cpus, load {_f((m.get('load_average') or [None])[0], 2)}"
              f", batch {s['batch']}, {s['classes']} prompts, {s['experts']} experts top-{s['top_k']}, hidden "
-             f"{s['hidden']}, {s['precision']}; medians of {s['rounds']} interleaved rounds"]
+             f"{s['hidden']}, {s['precision']}; medians of {s['rounds']} interleaved rounds, {s['clock']} time"]
     if "train" in r:
         t = r["train"]
-        lines += ["", "training step (fwd + bwd + AdamW)      median s",
+        lines += ["", f"training step (fwd + bwd + AdamW)      median s ({s['clock']})",
                   f"  MoE adapters                        {t['moe_s']:.4f}",
                   f"  dense adapter (1 expert, top-1)     {t['dense_s']:.4f}",
                   f"  plain bottleneck adapter            {t['plain_s']:.4f}",
                   f"  frozen backbone forward only        {t['frozen_forward_s']:.4f}",
-                  f"  MoE / dense     {t['moe_over_dense']:.3f}   (target <= 1.15)",
+                  f"  MoE / dense     {t['moe_over_dense']:.3f}   IQR {_iqr(t.get('moe_over_dense_iqr'))}   (target <= 1.15)",
                   f"  MoE / plain     {t['moe_over_plain']:.3f}",
                   f"  dense / plain   {t['dense_over_plain']:.3f}",
                   f"  MoE / frozen    {t['moe_over_frozen']:.3f}"]
@@ -65,16 +72,16 @@ def render(r: dict) -> list[str]:
         lines += ["", f"dispatch, one layer ({d['samples']} samples x {d['tokens']} tokens, d={d['dim']}, "
                   f"{d['experts_used']}/{d['experts']} experts used), median s: vectorized / per-expert loop",
                   f"  forward (eval)     {d['vectorized_forward_s']:.5f} / {d['loop_forward_s']:.5f}   speedup "
-                  f"{d['speedup_forward']:.2f}x (target >= 3)",
+                  f"{d['speedup_forward']:.2f}x IQR {_iqr(d.get('speedup_forward_iqr'))} (target >= 3)",
                   f"  forward + backward {d['vectorized_train_s']:.5f} / {d['loop_train_s']:.5f}   speedup "
-                  f"{d['speedup_train']:.2f}x (target >= 3)"]
+                  f"{d['speedup_train']:.2f}x IQR {_iqr(d.get('speedup_train_iqr'))} (target >= 3)"]
     if "eval" in r:
         e = r["eval"]
         lines += ["", f"evaluation row ({e['tasks']} tasks, {e['images_per_row']} images, {e['prompts_per_row']} "
                   f"prompts, {100 * e['routed_fraction']:.0f}% routed)",
                   f"  Evaluator.row       {e['row_images_per_s']:.1f} images/s",
                   f"  bare image tower    {e['bare_images_per_s']:.1f} images/s",
-                  f"  row / bare          {e['eval_over_bare']:.3f}   (target >= 0.85); text features "
+                  f"  row / bare          {e['eval_over_bare']:.3f}   IQR {_iqr(e.get('eval_over_bare_iqr'))}   (target >= 0.85); text features "
                   f"{100 * e['text_share_of_row']:.0f}% of the row"]
     if "memory" in r:
         lines += ["", "peak memory of a training step above resident (MiB)"]
