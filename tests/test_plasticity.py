@@ -105,13 +105,26 @@ def test_active_params_match_autograd():
     """Parameters that reach the output (non-None gradient when everything requires grad) == active_params()."""
     for name in registry.names():
         torch.manual_seed(0)
-        mlp = build_mlp(name)
+        mlp = build_mlp(name, "methods.dynamic_moe.gating=dense")  # topk: see the next test
         for _ in range(3):
             mlp.grow()
         probe = copy.deepcopy(mlp).requires_grad_(True)
         probe(torch.randn(8, D)).sum().backward()
         reached = sum(p.numel() for p in probe.parameters() if p.grad is not None)
         assert reached == mlp.active_params(), name
+
+
+def test_dynamic_moe_topk_runs_only_k_experts_per_input():
+    torch.manual_seed(0)
+    mlp = build_mlp("dynamic_moe_g2", "methods.dynamic_moe.gating=topk", "methods.dynamic_moe.top_k=1",
+                    "methods.dynamic_moe.router_init=random")
+    mlp.grow()
+    mlp.grow()
+    for b in range(5):
+        mlp.zero_grad()
+        mlp(torch.randn(1, D)).sum().backward()
+        reached = (mlp.b_out.grad.abs().sum(1) > 0).sum().item()  # b_out gets gate * upstream
+        assert reached == mlp.k == 2 and mlp.num_experts == 6
 
 
 @pytest.mark.parametrize("gating", ["dense", "topk"])
@@ -122,16 +135,30 @@ def test_dynamic_moe_vectorized_equals_per_expert_reference(gating):
     mlp.grow()
     mlp.grow()  # 6 experts, top-2 when topk
     x = torch.randn(10, D)
-    logits = mlp.router_logits(x)
+    probs = torch.softmax(mlp.router_logits(x), dim=1)
     ref = torch.zeros(10, D)
     for b in range(10):
-        chosen = range(mlp.num_experts) if gating == "dense" else logits[b].topk(mlp.k).indices.tolist()
-        gates = torch.softmax(logits[b, list(chosen)], dim=0)
-        for gate, e in zip(gates, chosen):
+        chosen = range(mlp.num_experts) if gating == "dense" else probs[b].topk(mlp.k).indices.tolist()
+        for e in chosen:
+            gate = probs[b, e]
             hid = torch.relu(x[b] @ mlp.w_in[e] + mlp.b_in[e])
             ref[b] += gate * (hid @ mlp.w_out[e] + mlp.b_out[e])
     assert torch.allclose(mlp.mix(x), ref, atol=1e-5)
     assert torch.allclose(mlp(x), mlp.head(torch.relu(ref)), atol=1e-5)
+
+
+def test_dynamic_moe_balance_loss_reaches_the_router():
+    torch.manual_seed(0)
+    mlp = build_mlp("dynamic_moe_g2", "methods.dynamic_moe.gating=topk", "methods.dynamic_moe.balance_weight=0.1")
+    mlp.grow()
+    mlp(torch.randn(32, D))
+    aux = mlp.extra_loss()
+    assert aux is not None and aux.item() > 0
+    aux.backward()
+    assert mlp.router_w.grad.abs().sum() > 0
+    mlp.eval()
+    mlp(torch.randn(4, D))
+    assert mlp.extra_loss() is None  # only training passes add the loss
 
 
 def test_pnn_earlier_columns_frozen():

@@ -201,8 +201,9 @@ def run_one(cfg, name: str, seed: int, data: Data) -> dict:
             y = labels[idx]
             logits = model(x)
             loss = F.cross_entropy(logits, y)
+            extra = model.mlp.extra_loss()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if extra is None else loss + extra).backward()
             opt.step()
             step += 1
             acc_sum += (logits.detach().argmax(1) == y).sum()

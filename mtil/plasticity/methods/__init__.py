@@ -44,6 +44,10 @@ class ExpandableMLP(nn.Module):
     def active_params(self) -> int:
         raise NotImplementedError
 
+    def extra_loss(self):
+        """An auxiliary loss of the last training forward pass to add to the task loss, or None."""
+        return None
+
 
 @dataclass
 class Entry:

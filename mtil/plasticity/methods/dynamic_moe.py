@@ -6,10 +6,12 @@ Granularity g starts with g experts of width hidden / g and adds g more at every
 training). Gating (config `methods.dynamic_moe.gating`):
   * dense — softmax over all experts; every expert is active, so active parameters grow with the experts and the
     three granularities end with the same active size as the other methods (the default, used for matching);
-  * topk — softmax over the `top_k * g` highest router logits; only those experts run for an input.
+  * topk — softmax over all experts, of which only the `top_k * g` most probable run for an input, weighted by
+    their (not renormalised) probabilities, as in the Switch Transformer; an optional load-balancing loss
+    (`balance_weight`) keeps new experts in use. Active parameters stay constant while experts are added.
 Expert weights are stacked as [E, d, h] / [E, h, d] tensors (grown by concatenation, so the optimizer must be
-rebuilt after `expand`), and dispatch is one einsum (dense) or one gather + einsum (topk), never a loop over
-experts.
+rebuilt after `expand`), and dispatch is two einsums over all experts with a gate matrix that is zero outside
+the selected experts (topk), never a loop over experts.
 """
 import math
 
@@ -37,6 +39,7 @@ class DynamicMoE(ExpandableMLP):
             raise MtilError(f"methods.dynamic_moe.router_init must be zero or random, got '{cfg.router_init}'")
         self.g, self.d, self.h = granularity, in_dim, cfg.hidden // granularity
         self.gating, self.k, self.router_init = cfg.gating, cfg.top_k * granularity, cfg.router_init
+        self.balance_weight, self._aux = cfg.balance_weight, None
         self.head = nn.Linear(in_dim, num_classes)
         for name, value in self._new_experts(granularity).items():
             setattr(self, name, nn.Parameter(value))
@@ -73,16 +76,24 @@ class DynamicMoE(ExpandableMLP):
     def mix(self, x):
         """The experts' gated sum [B, d] (before the ReLU and output layer)."""
         w_in, b_in, w_out, b_out = self.w_in, self.b_in, self.w_out, self.b_out  # [E,d,h] [E,h] [E,h,d] [E,d]
-        logits = self.router_logits(x)                                           # [B, E]
-        if self.gating == "dense" or self.k >= logits.shape[1]:
-            gates = torch.softmax(logits, dim=1)
+        probs = torch.softmax(self.router_logits(x), dim=1)                      # [B, E]
+        self._aux = None
+        if self.gating == "dense" or self.k >= probs.shape[1]:
             hid = torch.relu(torch.einsum("bd,edh->beh", x, w_in) + b_in)
-            return torch.einsum("beh,ehd->bd", hid * gates.unsqueeze(-1), w_out) + gates @ b_out
-        top, idx = logits.topk(self.k, dim=1)                                    # [B, k]
-        gates = torch.softmax(top, dim=1)
-        hid = torch.relu(torch.einsum("bd,bkdh->bkh", x, w_in[idx]) + b_in[idx])
-        return torch.einsum("bkh,bkhd->bd", hid * gates.unsqueeze(-1), w_out[idx]) + \
-            torch.einsum("bk,bkd->bd", gates, b_out[idx])
+            return torch.einsum("beh,ehd->bd", hid * probs.unsqueeze(-1), w_out) + probs @ b_out
+        gates, idx = probs.topk(self.k, dim=1)  # [B, k]; not renormalised, so the router learns even at k = 1
+        if self.training and self.balance_weight > 0:  # Switch-Transformer load balancing: E * sum_e f_e * P_e
+            share = torch.zeros_like(probs[0]).index_add_(0, idx.flatten(), torch.ones_like(gates.flatten()))
+            self._aux = self.balance_weight * probs.shape[1] * (share / idx.numel() * probs.mean(0)).sum()
+        # gates of the unselected experts are exactly zero, so they neither reach the output nor get gradient;
+        # the expert matmuls still run for all experts as two large GEMMs, which on CPUs and at these sizes is
+        # far faster than gathering a [B, k, d, h] weight copy per input
+        sparse = torch.zeros_like(probs).scatter(1, idx, gates)
+        hid = torch.relu(torch.einsum("bd,edh->beh", x, w_in) + b_in)
+        return torch.einsum("beh,ehd->bd", hid * sparse.unsqueeze(-1), w_out) + sparse @ b_out
+
+    def extra_loss(self):
+        return self._aux
 
     def forward(self, x):
         return self.head(torch.relu(self.mix(x)))
