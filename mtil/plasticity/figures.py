@@ -23,7 +23,7 @@ def plot_training_accuracy(summary: dict, out: Path, steps_per_chunk: int, chunk
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     for s in summary.values():
         x = np.asarray(s["steps"])
         mean = _smooth(np.asarray(s["train_acc_mean"]), smooth)
@@ -39,7 +39,7 @@ def plot_training_accuracy(summary: dict, out: Path, steps_per_chunk: int, chunk
     ax.set_title("Training accuracy on the chunked stream")
     ax.set_xlim(0, steps_per_chunk * chunks)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     paths = [Path(out) / "training_accuracy.png", Path(out) / "training_accuracy.svg"]
     for p in paths:

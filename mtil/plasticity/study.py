@@ -186,7 +186,7 @@ def run_one(cfg, name: str, seed: int, data: Data) -> dict:
 
     bar = tqdm(total=steps * cfg.study.chunks, desc=f"{name} seed {seed}", unit="step", leave=False,
                disable=None if log.isEnabledFor(logging.INFO) else True)
-    opt, step, start = None, 0, time.time()
+    opt, step, start, cpu_start = None, 0, time.time(), time.process_time()
     for c in range(1, cfg.study.chunks + 1):
         if c > 1:
             model.mlp.grow()
@@ -234,6 +234,7 @@ def run_one(cfg, name: str, seed: int, data: Data) -> dict:
                  record["chunks"][-1]["mlp_active_params"])
     bar.close()
     record["wall_s"] = round(time.time() - start, 2)
+    record["cpu_s"] = round(time.process_time() - cpu_start, 2)
     return record
 
 
@@ -331,14 +332,14 @@ def run_study(cfg, out: Path, methods: list[str] | None = None, seeds: list[int]
         finally:
             torch.set_num_threads(threads)
     summary = summarize(records, methods, seeds)
-    drop = {"wall_s"}
+    drop = {"wall_s", "cpu_s"}
     results = {"config": mtil_config.unwrap(cfg), "fingerprint": fp, "methods": methods, "seeds": seeds,
                "summary": summary,
                "runs": {f"{m}-seed{s}": {k: v for k, v in records[(m, s)].items() if k not in drop}
                         for m in methods for s in seeds}}
     write_json_atomic(out / "results.json", results)
-    write_json_atomic(out / "timings.json", {f"{m}-seed{s}": records[(m, s)].get("wall_s")
-                                             for m in methods for s in seeds})
+    timings = {f"{m}-seed{s}": {k: records[(m, s)].get(k) for k in sorted(drop)} for m in methods for s in seeds}
+    write_json_atomic(out / "timings.json", timings)
     table = table_markdown(summary, cfg.study.chunks)
     write_text_atomic(out / "table.md", table)
     from .figures import plot_training_accuracy

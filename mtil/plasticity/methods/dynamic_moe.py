@@ -10,8 +10,9 @@ training). Gating (config `methods.dynamic_moe.gating`):
     their (not renormalised) probabilities, as in the Switch Transformer; an optional load-balancing loss
     (`balance_weight`) keeps new experts in use. Active parameters stay constant while experts are added.
 Expert weights are stacked as [E, d, h] / [E, h, d] tensors (grown by concatenation, so the optimizer must be
-rebuilt after `expand`), and dispatch is two einsums over all experts with a gate matrix that is zero outside
-the selected experts (topk), never a loop over experts.
+rebuilt after `expand`). Dispatch is vectorized, never a loop over experts: dense gating is two einsums over all
+experts; topk sorts the (input, expert) pairs by expert into a padded [E, C, d] buffer and uses two batched
+matmuls, so each input only runs through its selected experts.
 """
 import math
 
@@ -85,12 +86,25 @@ class DynamicMoE(ExpandableMLP):
         if self.training and self.balance_weight > 0:  # Switch-Transformer load balancing: E * sum_e f_e * P_e
             share = torch.zeros_like(probs[0]).index_add_(0, idx.flatten(), torch.ones_like(gates.flatten()))
             self._aux = self.balance_weight * probs.shape[1] * (share / idx.numel() * probs.mean(0)).sum()
-        # gates of the unselected experts are exactly zero, so they neither reach the output nor get gradient;
-        # the expert matmuls still run for all experts as two large GEMMs, which on CPUs and at these sizes is
-        # far faster than gathering a [B, k, d, h] weight copy per input
-        sparse = torch.zeros_like(probs).scatter(1, idx, gates)
-        hid = torch.relu(torch.einsum("bd,edh->beh", x, w_in) + b_in)
-        return torch.einsum("beh,ehd->bd", hid * sparse.unsqueeze(-1), w_out) + sparse @ b_out
+        return self._dispatch(x, idx, gates)
+
+    def _dispatch(self, x, idx, gates):
+        """Run each input only through its selected experts: sort the (input, expert) pairs by expert, scatter
+        the inputs into a zero-padded [E, C, d] buffer (C = the largest expert load of the batch), two batched
+        matmuls, then gather the C-slots back and add them, gate-weighted, into their inputs' rows."""
+        b, k = idx.shape
+        expert = idx.flatten()                                                   # [b * k]
+        order = torch.argsort(expert, stable=True)
+        expert = expert[order]
+        token = torch.arange(b, device=x.device).repeat_interleave(k)[order]
+        counts = torch.bincount(expert, minlength=self.num_experts)
+        slot = torch.arange(b * k, device=x.device) - (torch.cumsum(counts, 0) - counts)[expert]
+        buf = x.new_zeros(self.num_experts, int(counts.max()), self.d)
+        buf[expert, slot] = x[token]
+        hid = torch.relu(torch.bmm(buf, self.w_in) + self.b_in.unsqueeze(1))     # [E, C, h]
+        out = torch.bmm(hid, self.w_out) + self.b_out.unsqueeze(1)               # [E, C, d]
+        weighted = out[expert, slot] * gates.flatten()[order].unsqueeze(1)
+        return torch.zeros_like(x).index_add_(0, token, weighted)
 
     def extra_loss(self):
         return self._aux
