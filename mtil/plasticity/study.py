@@ -315,15 +315,18 @@ def run_study(cfg, out: Path, methods: list[str] | None = None, seeds: list[int]
                 log.info("skipping %s seed %d: finished in %s", m, s, path)
             else:
                 todo.append((m, s))
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", mtil_config.dump(cfg))
     if todo:
         device = resolve_device(cfg.train.device)
-        threads = torch.get_num_threads()
+        threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
         if cfg.train.threads is not None:
             torch.set_num_threads(cfg.train.threads)
+        if device.type == "cuda":  # same seed, same results.json on GPUs too (index_add_ / bmm are not otherwise)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
         try:
-            data = prepare_data(cfg, device)
+            data = prepare_data(cfg, device)  # before anything is written: bad data leaves no half-made --out
+            out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out / "config.yaml", mtil_config.dump(cfg))
             for m, s in todo:
                 rec = run_one(cfg, m, s, data)
                 rec["fingerprint"] = fp
@@ -331,6 +334,7 @@ def run_study(cfg, out: Path, methods: list[str] | None = None, seeds: list[int]
                 records[(m, s)] = rec
         finally:
             torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic)
     summary = summarize(records, methods, seeds)
     drop = {"wall_s", "cpu_s"}
     results = {"config": mtil_config.unwrap(cfg), "fingerprint": fp, "methods": methods, "seeds": seeds,
