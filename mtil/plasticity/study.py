@@ -257,9 +257,11 @@ def summarize(records: dict, methods: list[str], seeds: list[int]) -> dict:
     for m in methods:
         runs = [records[(m, s)] for s in seeds]
         acc = np.array([[ch["acc_seen"] for ch in r["chunks"]] for r in runs])
+        new = np.array([[ch["acc_new"] for ch in r["chunks"]] for r in runs])
         curve = np.array([r["train_acc"] for r in runs])
         out[m] = {"label": runs[0]["label"], "seeds": seeds,
                   "acc_seen_mean": acc.mean(0).round(6).tolist(), "acc_seen_std": acc.std(0).round(6).tolist(),
+                  "acc_new_mean": new.mean(0).round(6).tolist(), "acc_new_std": new.std(0).round(6).tolist(),
                   "mlp_active_params": [ch["mlp_active_params"] for ch in runs[0]["chunks"]],
                   "steps": runs[0]["steps"], "train_acc_mean": curve.mean(0).round(6).tolist(),
                   "train_acc_std": curve.std(0).round(6).tolist()}
@@ -269,17 +271,21 @@ def summarize(records: dict, methods: list[str], seeds: list[int]) -> dict:
 def table_markdown(summary: dict, chunks: int) -> str:
     head = "| method | " + " | ".join(f"c{c}" for c in range(1, chunks + 1)) + " |"
     rule = "|---|" + "---:|" * chunks
-    acc_lines, par_lines = [head, rule], [head, rule]
+    acc_lines, new_lines, par_lines = [head, rule], [head, rule], [head, rule]
+
+    def cells(means, stds, n):
+        return " | ".join(f"{100 * m:.1f}" + (f" ± {100 * sd:.1f}" if n > 1 else "") for m, sd in zip(means, stds))
+
     for s in summary.values():
         n = len(s["seeds"])
-        cells = [f"{100 * m:.1f}" + (f" ± {100 * sd:.1f}" if n > 1 else "")
-                 for m, sd in zip(s["acc_seen_mean"], s["acc_seen_std"])]
-        acc_lines.append(f"| {s['label']} | " + " | ".join(cells) + " |")
+        acc_lines.append(f"| {s['label']} | {cells(s['acc_seen_mean'], s['acc_seen_std'], n)} |")
+        new_lines.append(f"| {s['label']} | {cells(s['acc_new_mean'], s['acc_new_std'], n)} |")
         par_lines.append(f"| {s['label']} | " + " | ".join(f"{p:,}" for p in s["mlp_active_params"]) + " |")
     seeds = next(iter(summary.values()))["seeds"] if summary else []
-    return ("Accuracy (%) on all examples seen so far (chunks 1..c), at the end of chunk c"
-            + (f"; mean ± std over seeds {seeds}" if len(seeds) > 1 else f"; seed {seeds[0]}" if seeds else "")
-            + ":\n\n" + "\n".join(acc_lines)
+    over = f"; mean ± std over seeds {seeds}" if len(seeds) > 1 else f"; seed {seeds[0]}" if seeds else ""
+    return (f"Accuracy (%) on all examples seen so far (chunks 1..c), at the end of chunk c{over}:\n\n"
+            + "\n".join(acc_lines)
+            + f"\n\nAccuracy (%) on the newest chunk c alone, at the end of chunk c{over}:\n\n" + "\n".join(new_lines)
             + "\n\nActive MLP parameters during chunk c:\n\n" + "\n".join(par_lines) + "\n")
 
 
