@@ -42,7 +42,7 @@ def run_grid(config_path, overrides: list[str], policies: list[str], seeds: list
 def summarize_grid(cells: list[Path], out: Path) -> dict:
     from .plots import compare_policies
     groups = report.group_runs(cells)
-    by_policy = {g.runs[0]["policy"]: g.runs for g in groups}
+    by_policy = {g.label: g.runs for g in groups}  # labels are unique per config (report.group_runs)
     paths = {"table_md": out / "compare.md", "table_json": out / "compare.json", "figure": out / "compare.png"}
     checkpoint.write_text(paths["table_md"], report.render(cells, "md") + "\n")
     checkpoint.write_text(paths["table_json"], report.render(cells, "json") + "\n")

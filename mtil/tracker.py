@@ -54,14 +54,17 @@ class UsageTracker:
             layer.task_counts.zero_()
         return counts
 
+    def reset_router_mass(self) -> None:
+        for layer in self.layers:
+            layer.gate_mass.zero_()
+
     def snapshot_router(self, step: int) -> None:
         """Record each layer's mean gate weight per expert since the last snapshot (DynamicMoE Fig. 4)."""
         mass = _all_reduced(torch.stack([layer.gate_mass for layer in self.layers])).cpu().numpy()
         total = mass.sum(axis=1, keepdims=True)
         self.router_history.append(np.divide(mass, total, out=np.zeros_like(mass), where=total > 0))
         self.router_steps.append(int(step))
-        for layer in self.layers:
-            layer.gate_mass.zero_()
+        self.reset_router_mass()
 
     def state_dict(self) -> dict:
         return {"task_history": [h.tolist() for h in self.task_history],

@@ -48,6 +48,7 @@ def fit_task(*, accelerator, model, adapted, policy: Policy, tracker, task: Task
     ctx = TrainContext(task_index, task.name, start_step, global_step, optimizer)
     if start_step == 0:
         tracker.new_window()
+        tracker.reset_router_mass()  # router-weight snapshots never straddle two tasks
         policy.begin_task(ctx)
     tokens = tokenizer([p[0] for p in task.prompts(all_templates=False)]).to(accelerator.device)
     loader = train_loader(task, transform, seed=cfg.seed, task_index=task_index, start=start_step, stop=iterations,
@@ -79,9 +80,9 @@ def fit_task(*, accelerator, model, adapted, policy: Policy, tracker, task: Task
         ctx.step += 1
         ctx.global_step += 1
         policy.after_step(ctx)
-        if ctx.step % tc.router_snapshot_every == 0:
+        if tc.router_snapshot_every and ctx.step % tc.router_snapshot_every == 0:
             tracker.snapshot_router(ctx.global_step)
-        if ctx.step % tc.log_every == 0:
+        if tc.log_every and ctx.step % tc.log_every == 0:
             log.debug("task %s step %d loss %.4f lr %.2e", task.name, ctx.step, value, optimizer.param_groups[0]["lr"])
             bar.set_postfix(loss=f"{value:.3f}")
         if tc.checkpoint_every and ctx.step % tc.checkpoint_every == 0 and ctx.step < iterations:

