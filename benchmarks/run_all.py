@@ -41,6 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--out", default=None, help="output file (default benchmarks/results-<machine>.json)")
+    p.add_argument("--sections", default=None, help="comma-separated subset of mtil.bench.SECTIONS; with an existing "
+                   "output file, only these sections of its entries are replaced (the rest is kept)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
@@ -48,17 +50,28 @@ def main(argv=None) -> int:
     models = args.models.split(",") if args.models else ["tiny", "mid"] + (["ViT-B-16"] if cuda else [])
     machine = args.machine or re.sub(r"[^A-Za-z0-9_.-]+", "-", platform.node() or "machine")
     out = Path(args.out) if args.out else HERE / f"results-{machine}.json"
-    report = {"machine": machine, "uptime_start": uptime(), "results": {}}
+    sections = tuple(args.sections.split(",")) if args.sections else bench.SECTIONS
+    merge = args.sections is not None and out.exists()
+    report = json.loads(out.read_text()) if merge else {"machine": machine, "results": {}}
+    report["uptime_start" if not merge else "uptime_start_update"] = uptime()
     for name in models:
         settings = bench.Settings(model=name, threads=args.threads, rounds=args.rounds, steps=args.steps,
-                                  precision=args.precision)
+                                  precision=args.precision, sections=sections)
         if name.lower() in ("vit-b-16", "vit-b/16"):
             # the dispatch micro-benchmark at batch 64 x 197 tokens is enough; the grids stay as they are
             settings.eval_test, settings.eval_batch = 512, 256
         result = bench.run(settings)
-        report["results"][result["settings"]["model"]] = result
+        key = result["settings"]["model"]
+        if merge and key in report["results"]:
+            entry = report["results"][key]
+            entry.update({k: result[k] for k in sections if k in result})
+            entry.setdefault("updates", []).append({"sections": list(sections), "settings": result["settings"],
+                                                    "machine": result["machine"]})
+            entry["targets"] = bench.check_targets(entry)
+        else:
+            report["results"][key] = result
         print("\n".join(render(result)), flush=True)
-        report["uptime_end"] = uptime()
+        report["uptime_end" if not merge else "uptime_end_update"] = uptime()
         out.write_text(json.dumps(report, indent=2) + "\n")  # after every model: a partial file is still useful
     print(f"wrote {out}")
     return 0

@@ -82,8 +82,8 @@ class Settings:
     topk_grid: tuple = (1, 2, 4)
     dispatch_batch: int | None = None   # samples in the dispatch micro-benchmark (None: batch)
     eval_tasks: int = 4
-    eval_classes: int = 20
-    eval_templates: int = 4
+    eval_classes: int = 11          # 11 x 2 prompts per 256 test images: MTIL Order I's proportion of prompts
+    eval_templates: int = 2         # to test images (8648 class x template prompts / 99657 images = 0.087)
     eval_test: int = 256            # test images per task
     eval_train: int = 64            # training images per task (selector fit)
     eval_batch: int = 128
