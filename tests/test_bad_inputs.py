@@ -262,23 +262,13 @@ CASES = [
     case_empty_task_order,
     case_unknown_pretrained_tag,
     case_grow_granularity_zero,
-    pytest.param(case_negative_lr, marks=pytest.mark.xfail(strict=True, reason=TRACEBACK.format(
-        exc="ValueError 'Invalid learning rate'", where="torch.optim.AdamW in mtil/optim.py build_optimizer")),
-        id="negative_lr"),
-    pytest.param(case_eval_batch_size_zero, marks=pytest.mark.xfail(strict=True, reason=TRACEBACK.format(
-        exc="ValueError 'batch_size should be a positive integer'", where="DataLoader in mtil/data/pipeline.py "
-        "eval_loader")), id="eval_batch_size_zero"),
-    pytest.param(case_negative_num_workers, marks=pytest.mark.xfail(strict=True, reason=TRACEBACK.format(
-        exc="ValueError 'num_workers option should be non-negative'", where="DataLoader in mtil/data/pipeline.py")),
-        id="negative_num_workers"),
-    pytest.param(case_no_towers, marks=pytest.mark.xfail(strict=True, reason=TRACEBACK.format(
-        exc="ValueError 'optimizer got an empty parameter list'", where="mtil/optim.py build_optimizer")),
-        id="no_towers"),
-    pytest.param(case_unknown_bad_images_mode, marks=pytest.mark.xfail(strict=True, reason=SILENT), id="unknown_bad_images_mode"),
-    pytest.param(case_train_batch_size_zero, marks=pytest.mark.xfail(strict=True, reason=SILENT + " (every batch is "
-                 "empty, nothing trains)"), id="train_batch_size_zero"),
-    pytest.param(case_negative_few_shot, marks=pytest.mark.xfail(strict=True, reason=SILENT + " (k=-3 keeps all "
-                 "but 3 images per class)"), id="negative_few_shot"),
+    pytest.param(case_negative_lr, id="negative_lr"),
+    pytest.param(case_eval_batch_size_zero, id="eval_batch_size_zero"),
+    pytest.param(case_negative_num_workers, id="negative_num_workers"),
+    pytest.param(case_no_towers, id="no_towers"),
+    pytest.param(case_unknown_bad_images_mode, id="unknown_bad_images_mode"),
+    pytest.param(case_train_batch_size_zero, id="train_batch_size_zero"),
+    pytest.param(case_negative_few_shot, id="negative_few_shot"),
 ]
 
 
