@@ -4,8 +4,6 @@ traceback), and leaves every file that existed before byte-for-byte as it was.
 Cases already covered in tests/test_run.py (not repeated here): missing data root, unprepared dataset, unknown
 config key, wrong type in config, unknown model / policy / tower, missing pretrained file, class-count mismatch,
 NaN loss, an existing run not overwritten, `--resume` with no checkpoint, resume with an incompatible config.
-Cases marked xfail(strict) are known bugs (a traceback leaks or the input is silently accepted); the reason says
-where; when one is fixed the test XPASSes, fails, and the mark is to be removed.
 """
 import os
 import shutil
@@ -202,7 +200,7 @@ def case_grow_granularity_zero(t):
     return tiny(t.data, "--set=policy.name=grow", "--set=policy.grow.granularity=0", "--out", t.out), ["granularity"]
 
 
-# known bugs: a traceback leaks, or a meaningless value is silently accepted
+# values that once leaked a traceback or were accepted silently
 def case_negative_lr(t):
     return tiny(t.data, "--set=train.lr=-1", "--set=train.iterations=1", "--out", t.out), ["train.lr"]
 
@@ -231,17 +229,10 @@ def case_negative_few_shot(t):
     return tiny(t.data, "--set=data.few_shot=-3", "--set=train.iterations=1", "--out", t.out), ["few_shot"]
 
 
-TRACEBACK = "a traceback leaks (uncaught {exc} from {where}); validate in mtil/run.py Run.__init__ beside the " \
-            "model.precision / moe.router checks"
-SILENT = "accepted silently (the run finishes); validate in mtil/run.py Run.__init__ beside the other checks"
 CASES = [
     case_corrupt_image_fail_train,
     case_corrupt_image_fail_test,
-    pytest.param(case_corrupt_image_fail_with_loader_workers, marks=pytest.mark.xfail(strict=True, reason=(
-        "with data.num_workers>0 torch re-raises the worker's MtilError with its message replaced by "
-        "'Caught MtilError in DataLoader worker process 0.\\nOriginal Traceback ...' (a multi-line traceback); "
-        "fix in mtil/data/pipeline.py: catch the worker exception around loader iteration and re-raise the "
-        "original one-line message")), id="corrupt_image_fail_with_loader_workers"),
+    case_corrupt_image_fail_with_loader_workers,
     case_empty_dataset,
     case_malformed_dataset,
     case_out_dir_under_a_file,
