@@ -83,7 +83,7 @@ def fit_task(*, accelerator, model, adapted, policy: Policy, tracker, task: Task
         if tc.router_snapshot_every and ctx.step % tc.router_snapshot_every == 0:
             tracker.snapshot_router(ctx.global_step)
         if tc.log_every and ctx.step % tc.log_every == 0:
-            log.debug("task %s step %d loss %.4f lr %.2e", task.name, ctx.step, value, optimizer.param_groups[0]["lr"])
+            log.info("task %s step %d loss %.4f lr %.2e", task.name, ctx.step, value, optimizer.param_groups[0]["lr"])
             bar.set_postfix(loss=f"{value:.3f}")
         if tc.checkpoint_every and ctx.step % tc.checkpoint_every == 0 and ctx.step < iterations:
             save_checkpoint({"step": ctx.step, "global_step": ctx.global_step,
