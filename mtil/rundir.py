@@ -92,13 +92,18 @@ def _malformed(file: Path, why: str) -> MtilError:
                      f"re-run into a new --out")
 
 
-def _read_results(file: Path) -> dict:
+def _parse(file: Path, parse, errors: tuple, kind: str):
+    """`parse(text of file)`; an unreadable file or a parse error is one clear MtilError."""
     try:
-        results = json.loads(file.read_text())
+        return parse(file.read_text())
     except OSError as e:
         raise MtilError(f"cannot read {file} ({e.strerror}); check its permissions") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _malformed(file, f"not JSON: {e}") from None
+    except errors as e:
+        raise _malformed(file, f"not {kind}: {type(e).__name__}") from None
+
+
+def _read_results(file: Path) -> dict:
+    results = _parse(file, json.loads, (json.JSONDecodeError, UnicodeDecodeError), "JSON")
     if not isinstance(results, dict):
         raise _malformed(file, f"a JSON {type(results).__name__}, expected an object")
     tasks, matrix = results.get("tasks"), results.get("matrix")
@@ -119,12 +124,7 @@ def _read_config(file: Path) -> dict:
     if not file.exists():
         log.warning("%s missing; figures fall back to what results.json and usage.npz hold", file)
         return {}
-    try:
-        cfg = yaml.safe_load(file.read_text())
-    except OSError as e:
-        raise MtilError(f"cannot read {file} ({e.strerror}); check its permissions") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise _malformed(file, f"not YAML: {type(e).__name__}") from None
+    cfg = _parse(file, yaml.safe_load, (yaml.YAMLError, UnicodeDecodeError), "YAML")
     if cfg is None:
         return {}
     if not isinstance(cfg, dict):
