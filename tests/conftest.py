@@ -69,3 +69,15 @@ def tiny_args(stream_root):
     """CLI overrides for a 3-task tiny run on the synthetic stream."""
     out = [f"--set={o}" for o in TINY_OVERRIDES]
     return out + [f"--set=data.root={stream_root}", "--set=data.order=[Red,Green,Blue]"]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One `mtil demo` run per session (slow: builds the demo data and pre-trains the tiny CLIP into the session's
+    shared MTIL_CACHE). Returns the run directory. The slow tests share it, so pre-training happens once."""
+    from mtil.cli import main
+    out = tmp_path_factory.mktemp("demo") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MTIL_CACHE", str(tmp_path_factory.getbasetemp() / "mtil-cache"))
+        assert main(["demo", "--out", str(out)]) == 0
+    return out

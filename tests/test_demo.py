@@ -1,28 +1,39 @@
 """`mtil demo` end to end: pre-training into the cache, the whole stream, figures (slow; CI runs it)."""
 import json
+from pathlib import Path
+
+import yaml
 
 import pytest
-import yaml
 
 from mtil.cli import main
 from mtil.data.prepared import load_info
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MTIL_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    r = json.loads((out / "results.json").read_text())
-    assert r["complete"] and len(r["tasks"]) >= 5
-    assert "Transfer" in printed and "figures:" in printed
-    cfg_root = yaml.safe_load((out / "config.yaml").read_text())["data"]["root"]  # the demo data in MTIL_CACHE
+def test_demo_end_to_end(demo_run):
+    r = json.loads((demo_run / "results.json").read_text())
+    assert r["complete"] and len(r["tasks"]) >= 5 and r["policy"] == "merge"
+    cfg_root = yaml.safe_load((demo_run / "config.yaml").read_text())["data"]["root"]  # the demo data in MTIL_CACHE
     chances = [100.0 / len(load_info(cfg_root, name).classnames) for name in r["tasks"]]
     print("demo Last per task vs chance:", list(zip(r["tasks"], r["matrix"][-1], chances)))
-    # the issue's bar is per task (>= 2x chance each); asserted here on the mean until measured on a quiet machine
-    assert sum(r["matrix"][-1]) / len(chances) >= 2 * sum(chances) / len(chances)
-    assert len(list((out / "figures").glob("*.png"))) >= 5
-    # a second run reuses the cached data and pre-trained model (no rebuild) and gives the same matrix
-    assert main(["demo", "--out", str(tmp_path / "again"), "--set=output.plots=false"]) == 0
-    assert json.loads((tmp_path / "again" / "results.json").read_text())["matrix"] == r["matrix"]
+    for task, last, chance in zip(r["tasks"], r["matrix"][-1], chances):
+        assert last >= 2 * chance, f"{task}: Last {last:.1f} < 2 x chance {chance:.1f}"
+    assert len(list((demo_run / "figures").glob("*.png"))) >= 5
+
+
+@pytest.mark.slow
+def test_demo_reuses_the_cache_and_repeats_its_matrix(demo_run, tmp_path, capsys):
+    """A second demo reuses the cached data and backbone (no rebuild). Restricted to the first two tasks, its
+    matrix equals the top-left block of the full run's: same seed, same results."""
+    full = json.loads((demo_run / "results.json").read_text())
+    backbone = Path(yaml.safe_load((demo_run / "config.yaml").read_text())["model"]["pretrained"])
+    built = backbone.stat().st_mtime_ns
+    first_two = full["tasks"][:2]
+    assert main(["demo", "--out", str(tmp_path / "again"), "--set=output.plots=false",
+                 f"--set=data.order=[{','.join(first_two)}]"]) == 0
+    printed = capsys.readouterr().out
+    assert "Transfer" in printed and "accuracy matrix" in printed
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert again["matrix"] == [row[:2] for row in full["matrix"][:2]]
+    assert backbone.stat().st_mtime_ns == built

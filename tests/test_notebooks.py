@@ -1,7 +1,7 @@
 """Every notebook executes without error (nbclient, the venv's python3 kernel) on run directories made here.
 
-MTIL_RUN_DIR points at a real tiny merge run; MTIL_COMPARE_DIR at a folder holding it, a second merge seed and a
-grow run (the layout `mtil compare` writes). The kernel inherits this process's environment.
+MTIL_RUN_DIR points at the session's fresh `mtil demo` run; MTIL_COMPARE_DIR at a small `mtil compare` grid on the
+demo stream. The kernel inherits this process's environment.
 """
 import subprocess
 import sys
@@ -23,23 +23,24 @@ def test_notebooks_are_generated_from_the_script():
 
 
 @pytest.fixture(scope="module")
-def compare_dir(tmp_path_factory, stream_root):
-    from conftest import TINY_OVERRIDES
-    base = tmp_path_factory.mktemp("notebook-runs")
-    args = [f"--set={o}" for o in TINY_OVERRIDES] + [f"--set=data.root={stream_root}", "--set=data.order=[Red,Green,Blue]"]
-    for policy, seed in (("merge", 0), ("merge", 1), ("grow", 0)):
-        assert main(["run", *args, f"--set=policy.name={policy}", f"--set=seed={seed}",
-                     "--out", str(base / f"{policy}-seed{seed}")]) == 0
+def compare_dir(tmp_path_factory, demo_run):
+    """A small `mtil compare` grid on the demo stream (reusing the session's cached demo assets)."""
+    base = tmp_path_factory.mktemp("notebook-compare")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MTIL_CACHE", str(tmp_path_factory.getbasetemp() / "mtil-cache"))
+        assert main(["compare", "--policies", "none,merge", "--seeds", "0", "--out", str(base),
+                     "--set=data.order=[Colors,Letters,MNIST]", "--set=train.iterations=20",
+                     "--set=output.plots=false"]) == 0
     return base
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes(notebook, compare_dir, tmp_path, monkeypatch):
+def test_notebook_executes(notebook, demo_run, compare_dir, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
-    monkeypatch.setenv("MTIL_RUN_DIR", str(compare_dir / "merge-seed0"))
+    monkeypatch.setenv("MTIL_RUN_DIR", str(demo_run))
     monkeypatch.setenv("MTIL_COMPARE_DIR", str(compare_dir))
     nb = nbformat.read(notebook, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=False,
