@@ -1,8 +1,8 @@
-"""Tables over run directories: Transfer / Avg / Last (mean ± std over seeds) beside published rows.
+"""Tables over run directories: Transfer / Avg / Last / BWT / Forgetting (mean ± std over seeds) beside published rows.
 
 Runs whose resolved configs differ only in `seed` (and paths) form one group; a group of several seeds shows
 mean ± sample std (ddof=1). Published rows (`configs/references.yaml`, ViT-B/16) are those of the MTIL order the
-runs use, or Order I otherwise, and are always labelled as published.
+runs use (none for another stream, such as the demo's), and are always labelled as published.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import yaml
 from .config import CONFIG_DIR
 from .errors import MtilError
 
-METRICS = ("transfer", "avg", "last")
+METRICS = ("transfer", "avg", "last", "bwt", "forgetting")   # published rows have the first three
+HEADERS = {"transfer": "Transfer", "avg": "Avg", "last": "Last", "bwt": "BWT", "forgetting": "Forgetting"}
 IGNORED_KEYS = ("seed", "data.root", "model.pretrained", "data.num_workers", "eval.batch_size", "output.plots")
 
 
@@ -95,11 +96,12 @@ def group_runs(paths: list[str | Path]) -> list[Group]:
 
 
 def references(tasks: list[str]) -> tuple[str, dict]:
+    """The published rows of the MTIL order these tasks are ({} for any other stream: not comparable)."""
     data = yaml.safe_load((CONFIG_DIR / "references.yaml").read_text())
     for name, entry in data.items():
         if entry["tasks"] == tasks:
             return name, entry["rows"]
-    return "order1", data["order1"]["rows"]
+    return "", {}
 
 
 def fmt(values: np.ndarray) -> str:
@@ -115,7 +117,7 @@ def table(groups: list[Group]) -> list[dict]:
     """Rows of the main table: published references, then each group (with its number of seeds)."""
     order, refs = references(groups[0].tasks)
     rows = [{"method": f"{name} (published, ViT-B/16, {order})", "seeds": None,
-             **{m: v for m, v in zip(METRICS, vals)}} for name, vals in refs.items()]
+             **{m: "" for m in METRICS}, **{m: v for m, v in zip(METRICS, vals)}} for name, vals in refs.items()]
     for g in groups:
         row = {"method": g.label, "seeds": len(g.runs)}
         for m in METRICS:
@@ -153,9 +155,9 @@ def render(paths: list[str | Path], fmt_name: str = "md") -> str:
         return buf.getvalue()
     if fmt_name != "md":
         raise MtilError(f"unknown report format '{fmt_name}'; use md, csv or json")
-    lines = ["| method | seeds | Transfer | Avg | Last |", "|---|---|---|---|---|"]
+    lines = ["| method | seeds | " + " | ".join(HEADERS[m] for m in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
     for r in main:
-        lines.append(f"| {r['method']} | {r['seeds'] or ''} | {r['transfer']} | {r['avg']} | {r['last']} |")
+        lines.append(f"| {r['method']} | {r['seeds'] or ''} | " + " | ".join(str(r[m]) for m in METRICS) + " |")
     tasks = groups[0].tasks
     lines += ["", "| method | metric | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
     for r in datasets:

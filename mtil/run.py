@@ -121,13 +121,17 @@ class Run:
                 raise MtilError(f"{key} must be at least 1, got {value}")
         if cfg.data.num_workers < 0:
             raise MtilError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
+        if cfg.threads < 0:
+            raise MtilError(f"threads must be >= 0 (0 = torch's default), got {cfg.threads}")
         self.accelerator = Accelerator(mixed_precision="no" if cfg.model.precision == "fp32" else cfg.model.precision)
         if self.accelerator.is_main_process:
             prepare_out_dir(self.out, resume)
         self.accelerator.wait_for_everyone()
         set_seed(cfg.seed, device_specific=True)
         if cfg.data.demo:
-            _apply_demo_assets(cfg)
+            _apply_demo_assets(cfg)   # pre-training uses demo.pretrain.threads, before the run's setting below
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)   # for the rest of the process
         self.backbone = backbone.load(cfg.model.name, cfg.model.pretrained, device=self.accelerator.device)
         self.tasks = [pipeline.load_task(cfg.data, name, cfg.seed) for name in cfg.data.order]
         self.names = [t.name for t in self.tasks]

@@ -77,7 +77,12 @@ def demo_run(tmp_path_factory):
     shared MTIL_CACHE). Returns the run directory. The slow tests share it, so pre-training happens once."""
     from mtil.cli import main
     out = tmp_path_factory.mktemp("demo") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MTIL_CACHE", str(tmp_path_factory.getbasetemp() / "mtil-cache"))
-        assert main(["demo", "--out", str(out)]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)  # the real demo recipe: every core, as `mtil demo` would use
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MTIL_CACHE", str(tmp_path_factory.getbasetemp() / "mtil-cache"))
+            assert main(["demo", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return out

@@ -229,6 +229,10 @@ def case_negative_few_shot(t):
     return tiny(t.data, "--set=data.few_shot=-3", "--set=train.iterations=1", "--out", t.out), ["few_shot"]
 
 
+def case_negative_threads(t):
+    return tiny(t.data, "--set=threads=-1", "--out", t.out), ["threads"]
+
+
 CASES = [
     case_corrupt_image_fail_train,
     case_corrupt_image_fail_test,
@@ -260,6 +264,7 @@ CASES = [
     pytest.param(case_unknown_bad_images_mode, id="unknown_bad_images_mode"),
     pytest.param(case_train_batch_size_zero, id="train_batch_size_zero"),
     pytest.param(case_negative_few_shot, id="negative_few_shot"),
+    case_negative_threads,
 ]
 
 

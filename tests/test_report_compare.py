@@ -17,15 +17,26 @@ def two_seeds(tmp_path_factory, stream_root):
     return base
 
 
-def test_report_shows_mean_std_and_published_rows(two_seeds, capsys):
+def test_report_shows_mean_std_and_forgetting_without_published_rows_for_another_stream(two_seeds, capsys):
     assert main(["report", str(two_seeds)]) == 0
     out = capsys.readouterr().out
     runs = [json.loads((two_seeds / f"freeze-seed{s}" / "results.json").read_text()) for s in (0, 1)]
     last = np.array([r["last"] for r in runs])
     assert f"{last.mean():.1f} ± {last.std(ddof=1):.1f}" in out
     assert "| freeze | 2 |" in out
-    assert "MoE-Adapters (published, ViT-B/16, order1) |  | 68.9 | 76.7 | 85.0 |" in out
+    forgetting = np.array([r["forgetting"] for r in runs])
+    assert "| BWT | Forgetting |" in out and f"{forgetting.mean():.1f} ± {forgetting.std(ddof=1):.1f}" in out
+    assert "published" not in out   # the Red/Green/Blue stream is no MTIL order
     assert "| freeze | transfer |" in out and "| freeze | last |" in out
+
+
+def test_published_rows_are_those_of_the_runs_mtil_order():
+    from mtil import report
+    order = ["Aircraft", "Caltech101", "CIFAR100", "DTD", "EuroSAT", "Flowers102", "Food101", "MNIST", "OxfordPet",
+             "StanfordCars", "SUN397"]
+    name, rows = report.references(order)
+    assert name == "order1" and rows["MoE-Adapters"] == [68.9, 76.7, 85.0]
+    assert report.references(order[:3]) == ("", {})
 
 
 def test_report_csv_and_json(two_seeds, capsys):
