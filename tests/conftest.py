@@ -12,11 +12,17 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory):
+    """The session's MTIL_CACHE folder (demo data and pre-trained tiny CLIP are built into it once)."""
+    return tmp_path_factory.getbasetemp() / "mtil-cache"
+
+
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
+def _private_cache(tmp_path_factory, session_cache, monkeypatch):
     """Every test gets MTIL_CACHE in a temp dir unless a test sets its own."""
     if "MTIL_CACHE" not in os.environ or os.environ["MTIL_CACHE"].startswith(str(tmp_path_factory.getbasetemp())):
-        monkeypatch.setenv("MTIL_CACHE", str(tmp_path_factory.getbasetemp() / "mtil-cache"))
+        monkeypatch.setenv("MTIL_CACHE", str(session_cache))
 
 
 def make_stream(root, tasks=("Red", "Green", "Blue"), classes=3, train=24, test=12, seed=0):
@@ -72,7 +78,7 @@ def tiny_args(stream_root):
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory):
+def demo_run(tmp_path_factory, session_cache):
     """One `mtil demo` run per session (slow: builds the demo data and pre-trains the tiny CLIP into the session's
     shared MTIL_CACHE). Returns the run directory. The slow tests share it, so pre-training happens once."""
     from mtil.cli import main
@@ -81,7 +87,7 @@ def demo_run(tmp_path_factory):
     torch.set_num_threads(os.cpu_count() or 1)  # the real demo recipe: every core, as `mtil demo` would use
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("MTIL_CACHE", str(tmp_path_factory.getbasetemp() / "mtil-cache"))
+            mp.setenv("MTIL_CACHE", str(session_cache))
             assert main(["demo", "--out", str(out)]) == 0
     finally:
         torch.set_num_threads(threads)

@@ -2,9 +2,8 @@
 import json
 from pathlib import Path
 
-import yaml
-
 import pytest
+import yaml
 
 from mtil.cli import main
 from mtil.data.prepared import load_info

@@ -23,11 +23,11 @@ def test_notebooks_are_generated_from_the_script():
 
 
 @pytest.fixture(scope="module")
-def compare_dir(tmp_path_factory, demo_run):
+def compare_dir(tmp_path_factory, session_cache, demo_run):
     """A small `mtil compare` grid on the demo stream (reusing the session's cached demo assets)."""
     base = tmp_path_factory.mktemp("notebook-compare")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MTIL_CACHE", str(tmp_path_factory.getbasetemp() / "mtil-cache"))
+        mp.setenv("MTIL_CACHE", str(session_cache))
         assert main(["compare", "--policies", "none,merge", "--seeds", "0", "--out", str(base),
                      "--set=data.order=[Colors,Letters,MNIST]", "--set=train.iterations=20",
                      "--set=output.plots=false"]) == 0
