@@ -6,12 +6,16 @@ Rules, checked for every value:
   * a key that is not in the schema is an error that lists the valid keys at that level;
   * a value must have the type of its default (an int is accepted for a float; `null` defaults accept anything);
   * a mapping whose default is `{}` is free-form (e.g. per-task learning rates).
+  * a value must match the allowed-values rule written in backticks at the start of its comment in the schema
+    (grammar at the top of base.yaml), and the cross-key rules of CROSS_CHECKS must hold.
 No YAML library in the dependency set validates against defaults this way, so this small module does it.
 """
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -64,15 +68,29 @@ def resolve_path(name: str | os.PathLike, relative_to: Path | None = None) -> Pa
     for c in candidates:
         if c.is_file():
             return c
+        if c.is_dir() and c == p:
+            raise MtilError(f"config '{name}' is a directory; give a YAML file (e.g. {name}/config.yaml)")
     raise MtilError(f"config file '{name}' not found (looked in ., {CONFIG_DIR}); "
                     f"available: {', '.join(sorted(str(q.relative_to(CONFIG_DIR)) for q in CONFIG_DIR.rglob('*.yaml')))}")
 
 
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise MtilError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise MtilError(f"cannot read {path}: {e.strerror}") from None
+
+
 def read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as e:
-        raise MtilError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise MtilError(f"{path} is not valid YAML{where}: {what}") from None
     if not isinstance(data, dict):
         raise MtilError(f"{path} must hold a mapping of config keys, not {type(data).__name__}")
     return data
@@ -118,8 +136,9 @@ def _type_ok(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def validate(data: dict, schema: dict, where: str = "") -> dict:
-    """Check `data` against `schema` (both plain dicts); return data with float defaults coerced."""
+def validate(data: dict, schema: dict, where: str = "", rules: dict | None = None) -> dict:
+    """Check `data` against `schema` (both plain dicts) and its `rules`; return data with float defaults coerced."""
+    rules = rules or {}
     out = {}
     for key, value in data.items():
         full = f"{where}{key}"
@@ -133,13 +152,146 @@ def validate(data: dict, schema: dict, where: str = "") -> dict:
             raise MtilError(f"config key '{full}' must be {type(default).__name__} (default {default!r}), "
                             f"got {type(value).__name__} {value!r}")
         if isinstance(default, dict) and default and isinstance(value, dict):
-            value = validate(value, default, full + ".")
-        elif isinstance(default, dict) and isinstance(value, dict):
-            value = {k: _as_float(v) for k, v in value.items()}
-        elif isinstance(default, float) and isinstance(value, int):
-            value = float(value)
+            value = validate(value, default, full + ".", rules)
+        else:
+            if isinstance(default, dict) and isinstance(value, dict):
+                value = {k: _as_float(v) for k, v in value.items()}
+            elif isinstance(default, float) and isinstance(value, int):
+                value = float(value)
+            check_rule(full, value, rules.get(full))
         out[key] = value
     return out
+
+
+# ---- allowed-value rules: a backticked rule at the start of each key's comment in the schema --------------------
+
+_KEY_LINE = re.compile(r"^( *)([A-Za-z_][\w-]*):(.*)$")
+_INTERVAL = re.compile(r"^(int|float)?\s*([\[(])\s*([^,\s]+)\s*,\s*([^\]\)\s]+)\s*([\])])$")
+
+
+def schema_rules(path: Path) -> dict[str, str | None]:
+    """Every leaf key of a schema file (dotted) -> its rule text, or None where the comment has no rule."""
+    rules: dict[str, str | None] = {}
+    stack: list[tuple[int, str]] = []
+    for line in read_text(path).splitlines():
+        m = _KEY_LINE.match(line)
+        if not m:
+            continue
+        indent, key, rest = len(m.group(1)), m.group(2), m.group(3)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        value, _, comment = rest.partition("#")
+        full = ".".join([k for _, k in stack] + [key])
+        if value.strip() == "":                      # a section: its keys follow, indented
+            stack.append((indent, key))
+            continue
+        comment = comment.strip()
+        rules[full] = comment[1:].split("`", 1)[0].strip() if comment.startswith("`") else None
+    return rules
+
+
+def _split_alternatives(rule: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in rule:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "|" and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur.strip()]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _in_interval(alt: re.Match, value: Any) -> bool:
+    kind, left, lo, hi, right = alt.groups()
+    if not _number(value) or (kind == "int" and not isinstance(value, int)) or math.isnan(value):
+        return False
+    lo_v, hi_v = float(lo), float(hi)
+    above = value >= lo_v if left == "[" else value > lo_v
+    below = value <= hi_v if right == "]" else value < hi_v
+    return above and below
+
+
+def _block_range(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+            for v in value) and 0 <= value[0] < value[1])
+
+
+# named checks for `@name` rules
+CHECKS = {"block_range": _block_range}
+_DESCRIBE = {"block_range": "[start, stop) with 0 <= start < stop"}
+
+
+def matches(rule: str, value: Any) -> bool:
+    """Whether `value` satisfies a rule written in the schema's notation (see the top of base.yaml)."""
+    for alt in _split_alternatives(rule):
+        if alt == "null":
+            ok = value is None
+        elif alt == "bool":
+            ok = isinstance(value, bool)
+        elif alt == "str":
+            ok = isinstance(value, str) and value.strip() != ""
+        elif alt.startswith("list(") and alt.endswith(")"):
+            ok = isinstance(value, list) and len(value) > 0 and all(matches(alt[5:-1], v) for v in value)
+        elif alt.startswith("map(") and alt.endswith(")"):
+            ok = isinstance(value, dict) and all(isinstance(k, str) and matches(alt[4:-1], v) for k, v in value.items())
+        elif alt.startswith("@"):
+            if alt[1:] not in CHECKS:
+                raise ValueError(f"unknown named check {alt} in a schema rule")
+            ok = CHECKS[alt[1:]](value)
+        elif (m := _INTERVAL.match(alt)) is not None:
+            ok = _in_interval(m, value)
+        else:
+            ok = isinstance(value, str) and value == alt
+        if ok:
+            return True
+    return False
+
+
+def describe(rule: str) -> str:
+    return " or ".join(_DESCRIBE.get(a[1:], a) if a.startswith("@") else a for a in _split_alternatives(rule))
+
+
+def check_rule(key: str, value: Any, rule: str | None) -> None:
+    if rule is not None and not matches(rule, value):
+        raise MtilError(f"config key '{key}' = {value!r} is not allowed; allowed: {describe(rule)}")
+
+
+def _cross_base(cfg: dict) -> None:
+    """Rules that involve several keys of base.yaml."""
+    moe_, pol, data, train = cfg["moe"], cfg["policy"], cfg["data"], cfg["train"]
+    n = moe_["num_experts"]
+    if moe_["top_k"] > n:
+        raise MtilError(f"config key 'moe.top_k' = {moe_['top_k']} is not allowed; allowed: at most "
+                        f"moe.num_experts = {n}")
+    count = pol["freeze"]["count"]
+    if count is not None and count > n:
+        raise MtilError(f"config key 'policy.freeze.count' = {count} is not allowed; allowed: null or at most "
+                        f"moe.num_experts = {n}")
+    grow = pol["grow"]
+    if pol["name"] == "grow":
+        cap = grow["max_experts"] if grow["max_experts"] is not None else n
+        if grow["granularity"] > cap:
+            raise MtilError(f"config key 'policy.grow.granularity' = {grow['granularity']} is not allowed; allowed: "
+                            f"at most policy.grow.max_experts (or moe.num_experts) = {cap}")
+    order = data["order"]
+    dups = sorted({d for d in order if order.count(d) > 1})
+    if dups:
+        raise MtilError(f"config key 'data.order' = {order!r} is not allowed; allowed: each dataset once "
+                        f"(repeated: {', '.join(map(str, dups))})")
+    stray = sorted(set(train["lr_per_task"]) - set(order))
+    if stray:
+        raise MtilError(f"config key 'train.lr_per_task' names {', '.join(stray)}, not in data.order; allowed: "
+                        f"{', '.join(map(str, order))}")
+
+
+# schema file name -> cross-key check run on the merged config
+CROSS_CHECKS = {"base.yaml": _cross_base}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -168,17 +320,20 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
 
 def load(path: str | os.PathLike | None = None, overrides: Iterable[str] = (), schema: str = "base.yaml") -> Config:
     """Load a config: schema defaults <- inherited parents <- file <- overrides, validated."""
-    schema_data = read_yaml(resolve_path(schema))
     user = _read_with_parents(resolve_path(path)) if path is not None else {}
-    user = apply_overrides(user, overrides)
-    user = validate(user, schema_data)
-    return wrap(merge(schema_data, user))
+    return from_dict(apply_overrides(user, overrides), schema)
 
 
 def from_dict(data: dict, schema: str = "base.yaml") -> Config:
-    """Validate an in-memory mapping (e.g. a run's saved config.yaml) against a schema."""
-    schema_data = read_yaml(resolve_path(schema))
-    return wrap(merge(schema_data, validate(unwrap(data), schema_data)))
+    """Validate an in-memory mapping (e.g. a run's saved config.yaml) against a schema, its rules and cross-checks."""
+    schema_path = resolve_path(schema)
+    schema_data = read_yaml(schema_path)
+    merged = merge(schema_data, validate(unwrap(data), schema_data, rules=schema_rules(schema_path)))
+    cross = CROSS_CHECKS.get(str(schema_path.relative_to(CONFIG_DIR)) if schema_path.is_relative_to(CONFIG_DIR)
+                             else None)
+    if cross is not None:
+        cross(merged)
+    return wrap(merged)
 
 
 def dump(cfg: dict) -> str:

@@ -142,8 +142,8 @@ def test_unknown_key_and_wrong_type(tiny_args, tmp_path, capsys):
 
 def test_unknown_model_policy_tower_and_pretrained_file(tiny_args, tmp_path, capsys):
     assert "unknown model" in run_error([*tiny_args, "--set=model.name=ViT-Q-99", "--out", str(tmp_path / "a")], capsys)
-    assert "unknown policy" in run_error([*tiny_args, "--set=policy.name=prune", "--out", str(tmp_path / "b")], capsys)
-    assert "unknown tower" in run_error([*tiny_args, "--set=moe.towers=[audio]", "--out", str(tmp_path / "c")], capsys)
+    assert "'policy.name' = 'prune'" in run_error([*tiny_args, "--set=policy.name=prune", "--out", str(tmp_path / "b")], capsys)
+    assert "'moe.towers' = ['audio']" in run_error([*tiny_args, "--set=moe.towers=[audio]", "--out", str(tmp_path / "c")], capsys)
     line = run_error([*tiny_args, f"--set=model.pretrained={tmp_path / 'missing.pt'}", "--out", str(tmp_path / "d")], capsys)
     assert "missing.pt" in line
 
