@@ -23,6 +23,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
+            os.chmod(tmp, 0o666 & ~_umask())   # mkstemp creates 0600; a run file gets the mode open() would give
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -30,6 +31,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path, text: str) -> Path:

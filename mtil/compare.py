@@ -1,42 +1,60 @@
 """The policies x seeds grid: one run directory per cell, then one table and one figure.
 
-Cells are `OUT/<policy>-seed<k>`; a finished cell is skipped, an interrupted one resumed, so re-running the same
-command continues the grid. The table is `mtil report` over the grid (mean ± std per policy); the figure is
-`plots.compare_policies`.
+Cells are `OUT/<policy>-seed<k>`, each keyed by its resolved config: a finished cell whose config.yaml equals the
+cell's config now (up to the keys `report.IGNORED_KEYS` lets differ within a group, seed excepted) is reused and
+named as such, an interrupted one resumed, so re-running the same command continues the grid. A cell written with
+another config (e.g. a changed `--set train.lr=...`) is never reused: compare stops and names the differing keys.
+The table is `mtil report` over the grid (mean ± std per policy); the figure is `plots.compare_policies`.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from . import checkpoint, config, report
+from . import checkpoint, config, report, rundir
+from .errors import MtilError
 from .run import CHECKPOINT, Run
 
 log = logging.getLogger(__name__)
 
 
 def cell_status(cell: Path) -> str:
-    results = cell / "results.json"
-    if results.exists() and json.loads(results.read_text()).get("complete"):
+    if (cell / "results.json").exists() and rundir.read_results(cell).get("complete"):
         return "done"
     return "partial" if (cell / CHECKPOINT).exists() else "new"
 
 
-def run_grid(config_path, overrides: list[str], policies: list[str], seeds: list[int], out: Path) -> list[Path]:
-    cells = []
+def _differences(saved: dict, now: dict) -> list[str]:
+    keep_seed = lambda c: {**report.stripped_config(c), "seed": c.get("seed")}  # noqa: E731
+    old, new = report.flatten(keep_seed(saved)), report.flatten(keep_seed(now))
+    return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+
+
+def run_grid(config_path, overrides: list[str], policies: list[str], seeds: list[int],
+             out: Path) -> tuple[list[Path], list[Path]]:
+    """Run every cell not yet finished; returns (cells, cells reused as already finished with this config)."""
+    plan = []
     for policy in policies:
         for seed in seeds:
             cell = out / f"{policy}-seed{seed}"
-            cells.append(cell)
-            status = cell_status(cell)
-            if status == "done":
-                log.info("%s: finished, skipped", cell.name)
-                continue
             cfg = config.load(config_path, [*overrides, f"policy.name={policy}", f"seed={seed}", "output.plots=false"])
-            log.info("%s: %s", cell.name, "resuming" if status == "partial" else "starting")
-            Run(cfg, cell, resume=status == "partial").execute()
-    return cells
+            status = cell_status(cell)
+            if status != "new" and (cell / "config.yaml").exists():
+                diff = _differences(rundir.read_config(cell), config.unwrap(cfg))
+                if diff:
+                    raise MtilError(f"cell {cell} was run with another config ({'; '.join(diff[:3])}"
+                                    f"{'; ...' if len(diff) > 3 else ''}); give a new --out for this grid")
+            plan.append((cell, cfg, status))
+    reused = []
+    for cell, cfg, status in plan:
+        if status == "done":
+            log.info("%s: finished with the same resolved config, reused", cell.name)
+            reused.append(cell)
+            continue
+        log.info("%s: %s", cell.name, "resuming" if status == "partial" else "starting")
+        Run(cfg, cell, resume=status == "partial").execute()
+    return [cell for cell, _, _ in plan], reused
 
 
 def summarize_grid(cells: list[Path], out: Path) -> dict:

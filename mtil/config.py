@@ -254,7 +254,7 @@ def matches(rule: str, value: Any) -> bool:
 
 
 def describe(rule: str) -> str:
-    return " or ".join(_DESCRIBE.get(a[1:], a) if a.startswith("@") else a for a in _split_alternatives(rule))
+    return " | ".join(_DESCRIBE.get(a[1:], a) if a.startswith("@") else a for a in _split_alternatives(rule))
 
 
 def check_rule(key: str, value: Any, rule: str | None) -> None:

@@ -16,3 +16,7 @@ class MtilError(Exception):
             last = message.rstrip().splitlines()[-1]
             message = last.split("MtilError: ", 1)[-1]
         super().__init__(message, *args)
+
+
+class NonFiniteLoss(MtilError):
+    """The training loss became NaN or infinite; `mtil.run` adds what the user can do from the run's checkpoint."""

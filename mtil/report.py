@@ -1,33 +1,48 @@
 """Tables over run directories: Transfer / Avg / Last / BWT / Forgetting (mean ± std over seeds) beside published rows.
 
-Runs whose resolved configs differ only in `seed` (and paths) form one group; a group of several seeds shows
-mean ± sample std (ddof=1). Published rows (`configs/references.yaml`, ViT-B/16) are those of the MTIL order the
-runs use (none for another stream, such as the demo's), and are always labelled as published.
+Every number is recomputed from each run's accuracy matrix (`metrics.summarize`), never read from the summary
+values stored beside it, and rounded as the published tables are (ZSCL's `np.around(x, 1)`: half to even, on the
+binary value, so a transfer of 65.35 prints 65.4). Runs whose resolved configs differ only in `seed` (and paths)
+form one group; a group of several seeds shows mean ± sample std (ddof=1). Each task stream gets its own tables;
+published rows (`configs/references.yaml`, ViT-B/16) are those of the MTIL order the stream is (none for another
+stream, such as the demo's), and are always labelled as published. The per-dataset table has a Transfer, an Avg
+and a Last row per group and an Average column, as ZSCL's and MoE-Adapters' appendices print.
+
+A run directory given twice (or given and found again under a given folder) counts once. A run given on the
+command line that is unfinished, or a path that holds no run, is an error; unfinished runs found under a folder
+are left out and named.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from . import metrics, rundir
 from .config import CONFIG_DIR
 from .errors import MtilError
 
+log = logging.getLogger(__name__)
+
 METRICS = ("transfer", "avg", "last", "bwt", "forgetting")   # published rows have the first three
 HEADERS = {"transfer": "Transfer", "avg": "Avg", "last": "Last", "bwt": "BWT", "forgetting": "Forgetting"}
-IGNORED_KEYS = ("seed", "data.root", "model.pretrained", "data.num_workers", "eval.batch_size", "output.plots")
+PER_DATASET = ("transfer", "avg", "last")
+IGNORED_KEYS = ("seed", "data.root", "model.pretrained", "data.num_workers", "eval.batch_size", "output.plots",
+                "eval.pixel_cache_mb", "train.log_every", "threads")
 
 
 @dataclass
 class Group:
     label: str
     tasks: list[str]
-    runs: list[dict] = field(default_factory=list)   # results.json contents
+    config: dict = field(default_factory=dict)          # the resolved config without IGNORED_KEYS
+    runs: list[dict] = field(default_factory=list)      # results.json contents, metrics recomputed from the matrix
     dirs: list[Path] = field(default_factory=list)
 
     def values(self, key: str, dataset: str | None = None) -> np.ndarray:
@@ -37,17 +52,8 @@ class Group:
                          for r in self.runs], dtype=float)
 
 
-def _load(path: Path) -> tuple[dict, dict]:
-    try:
-        results = json.loads((path / "results.json").read_text())
-        cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").exists() else {}
-    except (OSError, json.JSONDecodeError, yaml.YAMLError) as e:
-        raise MtilError(f"cannot read run directory {path} ({type(e).__name__}); is it the --out of `mtil run`?") from None
-    return results, cfg
-
-
-def _strip(cfg: dict) -> str:
-    """The config as a canonical string, without the keys that may differ within one group of seeds."""
+def stripped_config(cfg: dict) -> dict:
+    """The config without the keys that may differ within one group of seeds."""
     cfg = json.loads(json.dumps(cfg))
     for dotted in IGNORED_KEYS:
         *parents, leaf = dotted.split(".")
@@ -56,52 +62,106 @@ def _strip(cfg: dict) -> str:
             node = node.get(p) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(leaf, None)
-    return json.dumps(cfg, sort_keys=True)
+    return cfg
 
 
-def run_dirs(paths: list[str | Path]) -> list[Path]:
-    """Run directories given directly or found (one level of nesting at most) under the given folders."""
-    found = []
-    for p in map(Path, paths):
-        if (p / "results.json").exists():
-            found.append(p)
-        elif p.is_dir():
-            found += sorted(q.parent for q in p.glob("*/results.json"))
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
-            raise MtilError(f"{p} is not a run directory (no results.json); give the --out of `mtil run`")
-        if p.is_dir() and not found:
-            raise MtilError(f"no run directories (with results.json) under {p}")
-    return found
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def run_dirs(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(finished run directories, each once, in order given; unfinished ones found under given folders)."""
+    found, skipped, seen = [], [], set()
+    for p in map(Path, paths):
+        if not p.exists():
+            raise MtilError(f"{p} does not exist; give the --out of `mtil run` or a folder of run directories")
+        if (p / "results.json").exists():
+            results = rundir.read_results(p)
+            if not results.get("complete"):
+                raise MtilError(f"{p} is an unfinished run ({len(results['matrix'])} of {len(results['tasks'])} "
+                                f"tasks); finish it with `mtil run --out {p} --resume` or leave it out")
+            candidates = [p]
+        elif p.is_dir():
+            candidates = rundir.find_runs(p)
+            if not candidates:
+                raise MtilError(f"{p} is not a run directory and holds none (no results.json below it); "
+                                f"give the --out of `mtil run`")
+        else:
+            raise MtilError(f"{p} is not a run directory (a file); give the --out of `mtil run`")
+        for d in candidates:
+            if d.resolve() in seen:
+                continue
+            seen.add(d.resolve())
+            if rundir.read_results(d).get("complete"):
+                found.append(d)
+            else:
+                skipped.append(d)
+    for d in skipped:
+        log.warning("report: %s is unfinished, left out (finish it with `mtil run --out %s --resume`)", d, d)
+    if not found:
+        raise MtilError(f"no finished runs among {', '.join(map(str, paths))}; finish them with "
+                        f"`mtil run ... --resume`")
+    return found, skipped
+
+
+def recomputed(results: dict) -> dict:
+    """results.json with every metric recomputed from its matrix."""
+    return {**results, **metrics.summarize(results["matrix"], results["tasks"])}
+
+
+def _unique_labels(groups: list[Group]) -> None:
+    """Groups sharing a label (e.g. runs that differ only in lr) get the config values that tell them apart."""
+    by_label: dict[str, list[Group]] = {}
+    for g in groups:
+        by_label.setdefault(g.label, []).append(g)
+    for label, same in by_label.items():
+        if len(same) == 1:
+            continue
+        flat = [flatten(g.config) for g in same]
+        keys = sorted({k for f in flat for k in f if any(f.get(k) != o.get(k) for o in flat)})
+        for g, f in zip(same, flat):
+            shown = [k for k in keys if k not in ("data.order", "policy.name")] or keys
+            g.label = f"{label} ({', '.join(f'{k}={f.get(k)}' for k in shown)})" if shown else label
+    labels = [g.label for g in groups]
+    for i, g in enumerate(groups):
+        if labels.count(g.label) > 1:
+            g.label = f"{g.label} #{labels[:i + 1].count(g.label)}"
 
 
 def group_runs(paths: list[str | Path]) -> list[Group]:
+    dirs, _ = run_dirs(paths)
     groups: dict[str, Group] = {}
-    for d in run_dirs(paths):
-        results, cfg = _load(d)
-        if not results.get("complete"):
-            continue
-        key = _strip(cfg) + json.dumps(results["tasks"])
+    for d in dirs:
+        results, cfg = recomputed(rundir.read_results(d)), stripped_config(rundir.read_config(d))
+        key = json.dumps(cfg, sort_keys=True) + json.dumps(results["tasks"])
         if key not in groups:
             label = d.name.split("-seed")[0] if "-seed" in d.name else d.name
-            groups[key] = Group(label, results["tasks"])
+            groups[key] = Group(label, results["tasks"], cfg)
         groups[key].runs.append(results)
         groups[key].dirs.append(d)
-    if not groups:
-        raise MtilError(f"no finished runs among {', '.join(map(str, paths))}; finish them with `mtil run ... --resume`")
-    labels = [g.label for g in groups.values()]
-    for g in groups.values():
-        if labels.count(g.label) > 1:
-            g.label = f"{g.label} ({g.runs[0]['policy']}, {g.runs[0]['eval_mode']})"
-    return list(groups.values())
+    out = list(groups.values())
+    _unique_labels(out)
+    return out
 
 
 def references(tasks: list[str]) -> tuple[str, dict]:
     """The published rows of the MTIL order these tasks are ({} for any other stream: not comparable)."""
     data = yaml.safe_load((CONFIG_DIR / "references.yaml").read_text())
     for name, entry in data.items():
-        if entry["tasks"] == tasks:
+        if isinstance(entry, dict) and entry.get("tasks") == tasks:
             return name, entry["rows"]
     return "", {}
+
+
+def rounded(x: float) -> float:
+    """As the published tables round: np.around(x, 1), half to even."""
+    return float(np.around(x, 1))
 
 
 def fmt(values: np.ndarray) -> str:
@@ -109,17 +169,25 @@ def fmt(values: np.ndarray) -> str:
     if len(values) == 0:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
+        return f"{rounded(values[0]):.1f}"
+    return f"{rounded(values.mean()):.1f} ± {rounded(values.std(ddof=1)):.1f}"
+
+
+def streams(groups: list[Group]) -> list[list[Group]]:
+    """Groups split by task stream, in first-seen order."""
+    out: dict[tuple, list[Group]] = {}
+    for g in groups:
+        out.setdefault(tuple(g.tasks), []).append(g)
+    return list(out.values())
 
 
 def table(groups: list[Group]) -> list[dict]:
-    """Rows of the main table: published references, then each group (with its number of seeds)."""
+    """Rows of the main table of one stream: published references, then each group (with its number of seeds)."""
     order, refs = references(groups[0].tasks)
-    rows = [{"method": f"{name} (published, ViT-B/16, {order})", "seeds": None,
+    rows = [{"method": f"{name} (published, ViT-B/16, {order})", "seeds": None, "tasks": groups[0].tasks,
              **{m: "" for m in METRICS}, **{m: v for m, v in zip(METRICS, vals)}} for name, vals in refs.items()]
     for g in groups:
-        row = {"method": g.label, "seeds": len(g.runs)}
+        row = {"method": g.label, "seeds": len(g.runs), "tasks": g.tasks}
         for m in METRICS:
             v = g.values(m)
             row[m] = fmt(v)
@@ -129,37 +197,60 @@ def table(groups: list[Group]) -> list[dict]:
 
 
 def per_dataset(groups: list[Group]) -> list[dict]:
+    """Per-dataset Transfer / Avg / Last rows of one stream, each with the Average over its datasets."""
     rows = []
     for g in groups:
-        for key in ("transfer", "last"):
-            rows.append({"method": g.label, "metric": key, **{d: fmt(g.values(key, d)) for d in g.tasks}})
+        for key in PER_DATASET:
+            cols = {d: g.values(key, d) for d in g.tasks} | {"Average": g.values(key)}
+            means = {d: float(np.mean(v)) if not np.isnan(v).all() else None for d, v in cols.items()}
+            rows.append({"method": g.label, "metric": key, **{d: fmt(v) for d, v in cols.items()}, "means": means})
     return rows
 
 
+def _csv(parts: list[tuple[list[dict], list[dict]]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["method", "seeds", *(c for m in METRICS for c in (m, f"{m}_std"))])
+    for main, _ in parts:
+        for r in main:
+            if r["seeds"] is None:
+                cells = [c for m in METRICS for c in (r[m], "")]
+            else:
+                cells = [c for m in METRICS for c in (round(r[f"{m}_mean"], 4), round(r[f"{m}_std"], 4))]
+            writer.writerow([r["method"], r["seeds"] or "", *cells])
+    for main, datasets in parts:
+        tasks = main[-1]["tasks"]
+        writer.writerow([])
+        writer.writerow(["method", "metric", *tasks, "Average"])
+        for r in datasets:
+            cells = [r["means"][d] for d in [*tasks, "Average"]]
+            writer.writerow([r["method"], r["metric"], *("" if c is None else round(c, 4) for c in cells)])
+    return buf.getvalue()
+
+
 def render(paths: list[str | Path], fmt_name: str = "md") -> str:
+    if fmt_name not in ("md", "csv", "json"):
+        raise MtilError(f"unknown report format '{fmt_name}'; use md, csv or json")
     groups = group_runs(paths)
-    main, datasets = table(groups), per_dataset(groups)
+    parts = [(table(s), per_dataset(s)) for s in streams(groups)]
     if fmt_name == "json":
-        return json.dumps({"table": main, "per_dataset": datasets,
+        return json.dumps({"table": [r for main, _ in parts for r in main],
+                           "per_dataset": [r for _, ds in parts for r in ds],
                            "runs": {g.label: [str(d) for d in g.dirs] for g in groups}}, indent=2)
     if fmt_name == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["method", "seeds", *METRICS])
+        return _csv(parts)
+    lines = []
+    for main, datasets in parts:
+        tasks = main[-1]["tasks"]
+        if len(parts) > 1:
+            lines += [f"stream: {', '.join(tasks)}", ""]
+        lines += ["| method | seeds | " + " | ".join(HEADERS[m] for m in METRICS) + " |",
+                  "|---|---|" + "---|" * len(METRICS)]
         for r in main:
-            writer.writerow([r["method"], r["seeds"] or "", *(r[m] for m in METRICS)])
-        writer.writerow([])
-        writer.writerow(["method", "metric", *groups[0].tasks])
+            lines.append(f"| {r['method']} | {r['seeds'] or ''} | " + " | ".join(str(r[m]) for m in METRICS) + " |")
+        lines += ["", "| method | metric | " + " | ".join(tasks) + " | Average |", "|---|---|" + "---|" * (len(tasks) + 1)]
         for r in datasets:
-            writer.writerow([r["method"], r["metric"], *(r.get(d, "") for d in groups[0].tasks)])
-        return buf.getvalue()
-    if fmt_name != "md":
-        raise MtilError(f"unknown report format '{fmt_name}'; use md, csv or json")
-    lines = ["| method | seeds | " + " | ".join(HEADERS[m] for m in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
-    for r in main:
-        lines.append(f"| {r['method']} | {r['seeds'] or ''} | " + " | ".join(str(r[m]) for m in METRICS) + " |")
-    tasks = groups[0].tasks
-    lines += ["", "| method | metric | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
-    for r in datasets:
-        lines.append(f"| {r['method']} | {r['metric']} | " + " | ".join(r.get(d, "-") for d in tasks) + " |")
-    return "\n".join(lines)
+            lines.append(f"| {r['method']} | {HEADERS[r['metric']]} | "
+                         + " | ".join(r[d] for d in [*tasks, "Average"]) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip("\n")

@@ -21,7 +21,7 @@ import yaml
 from . import backbone, checkpoint, config, metrics, moe, policies
 from .config import Config
 from .data import pipeline
-from .errors import MtilError
+from .errors import MtilError, NonFiniteLoss
 from .evaluate import Evaluator
 from .tracker import UsageTracker
 from .train import fit_task
@@ -138,6 +138,7 @@ class Run:
         kwargs = dict(towers=tuple(cfg.moe.towers), blocks=cfg.moe.blocks, num_experts=cfg.moe.num_experts,
                       top_k=cfg.moe.top_k, hidden=cfg.moe.hidden, gating=cfg.moe.gating,
                       noisy_gating=cfg.moe.noisy_gating, dropout=cfg.moe.dropout, scale=cfg.moe.scale,
+                      adapter_input=cfg.moe.adapter_input, expert_init=cfg.moe.expert_init,
                       num_routers=len(self.tasks) if cfg.moe.router == "per_task" else 1)
         kwargs.update(policies.moe_overrides(cfg))
         self.adapted = moe.attach(self.backbone.model, **kwargs)
@@ -233,12 +234,15 @@ class Run:
                     self.progress.update(step=train_state["step"], global_step=train_state["global_step"])
                     self.save(train_state)
 
-                global_step = fit_task(
-                    accelerator=self.accelerator, model=model, adapted=self.adapted, policy=self.policy,
-                    tracker=self.tracker, task=self.tasks[t], task_index=t, router=routers[t], cfg=self.cfg,
-                    transform=self.backbone.preprocess_train, tokenizer=self.backbone.tokenizer,
-                    start_step=self.progress["step"], global_step=self.progress["global_step"],
-                    resume_state=self.train_state, save_checkpoint=save_mid_task)
+                try:
+                    global_step = fit_task(
+                        accelerator=self.accelerator, model=model, adapted=self.adapted, policy=self.policy,
+                        tracker=self.tracker, task=self.tasks[t], task_index=t, router=routers[t], cfg=self.cfg,
+                        transform=self.backbone.preprocess_train, tokenizer=self.backbone.tokenizer,
+                        start_step=self.progress["step"], global_step=self.progress["global_step"],
+                        resume_state=self.train_state, save_checkpoint=save_mid_task)
+                except NonFiniteLoss as e:
+                    raise MtilError(f"{e}; {self._nan_advice(t)}") from None
                 self.train_state = None
                 self.params.append({"task": self.names[t], **self.adapted.param_counts()})
                 self.progress.update(phase="trained", step=self.cfg.train.iterations, global_step=global_step)
@@ -257,6 +261,17 @@ class Run:
             self.progress.update(task=t + 1, phase="train", step=0)
             self.save()
         return self.results()
+
+    def _nan_advice(self, t: int) -> str:
+        """What to do after a NaN loss in task t, given the checkpoint the run directory holds."""
+        key = f"train.lr_per_task.{self.names[t]}"
+        if not (self.out / CHECKPOINT).exists():
+            return f"no task has finished, so there is nothing to resume: lower {key} (or train.lr) and run again"
+        state = torch.load(self.out / CHECKPOINT, map_location="cpu", weights_only=False)["progress"]
+        if state["task"] == t and state["phase"] == "train" and state["step"] > 0:
+            return (f"the last checkpoint is at step {state['step']} of this task and --resume would keep its learning "
+                    f"rate; to lower {key}, start again in a new --out")
+        return f"tasks before it are kept: lower {key} and continue with --resume (it may change for tasks not started)"
 
     def _broadcast(self, obj):
         if self.accelerator.num_processes == 1:

@@ -109,6 +109,8 @@ def _read_results(file: Path) -> dict:
     tasks, matrix = results.get("tasks"), results.get("matrix")
     if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
         raise _malformed(file, "'tasks' must be a list of dataset names")
+    if len(set(tasks)) != len(tasks):
+        raise _malformed(file, "'tasks' names a dataset twice")
     if not isinstance(matrix, list) or len(matrix) > len(tasks):
         raise _malformed(file, "'matrix' must be a list of at most one row per task")
     for i, row in enumerate(matrix):
@@ -118,6 +120,16 @@ def _read_results(file: Path) -> dict:
     if results.get("complete") and len(matrix) != len(tasks):
         raise _malformed(file, f"marked complete with {len(matrix)} of {len(tasks)} rows")
     return results
+
+
+def read_results(path: str | os.PathLike) -> dict:
+    """results.json of run directory `path`, checked (tasks, a matrix of numbers, complete only with every row)."""
+    return _read_results(Path(path) / "results.json")
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """config.yaml of run directory `path` as a plain mapping ({} when missing)."""
+    return _read_config(Path(path) / "config.yaml")
 
 
 def _read_config(file: Path) -> dict:

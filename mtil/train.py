@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from . import optim
 from .data.pipeline import SKIPPED, TaskData, train_loader
-from .errors import MtilError
+from .errors import MtilError, NonFiniteLoss
 from .policies import Policy, TrainContext
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,7 @@ def fit_task(*, accelerator, model, adapted, policy: Policy, tracker, task: Task
                 loss = loss + cfg.moe.balance_weight * adapted.aux_loss()
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise MtilError(f"loss became {value} at task {task_index + 1} ({task.name}) step {ctx.step + 1}; the "
-                            f"last good checkpoint is kept; lower train.lr_per_task.{task.name} or train.lr and --resume")
+            raise NonFiniteLoss(f"loss became {value} at task {task_index + 1} ({task.name}) step {ctx.step + 1}")
         accelerator.backward(loss)
         if tc.grad_clip:
             accelerator.clip_grad_norm_(adapted.adapter_parameters(), tc.grad_clip)

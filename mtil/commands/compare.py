@@ -26,8 +26,11 @@ def execute(args) -> int:
     except ValueError:
         raise MtilError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     out = Path(args.out)
-    cells = run_grid(args.config, args.overrides, names, seeds, out)
+    cells, reused = run_grid(args.config, args.overrides, names, seeds, out)
     paths = summarize_grid(cells, out)
     print(Path(paths["table_md"]).read_text())
+    if reused:
+        print(f"reused {len(reused)} finished cell(s) with the same resolved config: "
+              f"{', '.join(c.name for c in reused)}")
     print(f"table: {paths['table_md']}\nfigure: {paths['figure']}")
     return 0

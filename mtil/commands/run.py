@@ -4,11 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import config
+from ..errors import MtilError
 
 
 def add_arguments(p) -> None:
     p.add_argument("config", nargs="?", help="YAML config (path or name under configs/); default: with --resume the "
-                   "run directory's config.yaml, else configs/base.yaml")
+                   "run directory's config.yaml, else configs/base.yaml with the --set overrides (required then)")
     add_common(p)
 
 
@@ -43,8 +44,14 @@ def summary_lines(results: dict, out: Path) -> list[str]:
 
 def execute_run(cfg, out: Path, resume: bool) -> int:
     from ..run import Run
-    run = Run(cfg, out, resume)
-    results = run.execute()
+    created = not out.exists()
+    try:
+        run = Run(cfg, out, resume)
+        results = run.execute()
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()   # a run that failed before writing anything leaves no empty directory behind
+        raise
     if run.accelerator.is_main_process:
         print("\n".join(summary_lines(results, out)))
         if cfg.output.plots:
@@ -56,6 +63,9 @@ def execute_run(cfg, out: Path, resume: bool) -> int:
 
 def execute(args) -> int:
     out = Path(args.out) if args.out else None
+    if args.config is None and not args.overrides and not args.resume:
+        raise MtilError("give a config to run (e.g. `mtil run mtil_order1 --out runs/o1`; configs/ holds "
+                        "mtil_order1, mtil_order2 and their few-shot variants), or try `mtil demo`")
     cfg = load_config(args.config, args.overrides, out, args.resume)
     if out is None:
         out = Path("runs") / (Path(args.config).stem if args.config else "run")
