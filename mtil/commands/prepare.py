@@ -97,9 +97,10 @@ def _check(root: str, name: str) -> int:
     from ..data import prepared
 
     info = prepared.load_info(root, name)
+    splits = {split: prepared.load_split(root, name, split) for split in prepared.SPLITS}
+    prepared.check_consistent(root, name, info.classnames, splits)
     parts = []
-    for split in prepared.SPLITS:
-        ds = prepared.load_split(root, name, split)
+    for split, ds in splits.items():
         labels = ds["label"]
         parts.append(f"{split} {len(ds)} images ({len(set(labels))} classes)")
         first = ds[0]["image"]

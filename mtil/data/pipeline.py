@@ -26,7 +26,8 @@ from ..errors import MtilError
 from . import prepared
 
 log = logging.getLogger(__name__)
-SKIPPED: Counter = Counter()  # (dataset, split) -> undecodable images skipped in this process
+SKIPPED: Counter = Counter()  # (dataset, split) -> distinct undecodable images skipped in this process
+_SKIPPED_INDICES: dict[tuple[str, str], set[int]] = {}
 
 
 def seed_for(*parts) -> int:
@@ -65,6 +66,7 @@ def load_task(data_cfg, name: str, seed: int) -> TaskData:
     info = prepared.load_info(data_cfg.root, name)
     train = _undecoded(prepared.load_split(data_cfg.root, name, "train"))
     test = _undecoded(prepared.load_split(data_cfg.root, name, "test"))
+    prepared.check_consistent(data_cfg.root, name, info.classnames, {"train": train, "test": test})
     if data_cfg.few_shot:
         labels = np.asarray(train["label"])
         train = train.select(few_shot_indices(labels, int(data_cfg.few_shot), seed_for(seed, name, "few-shot")))
@@ -85,7 +87,11 @@ def decode(record, dataset: str, split: str, index: int, bad_images: str) -> Ima
         return img.convert("RGB")
     except Exception as e:  # PIL raises many types for broken files
         if bad_images == "skip":
-            SKIPPED[(dataset, split)] += 1
+            if index not in _SKIPPED_INDICES.setdefault((dataset, split), set()):   # an image, not a draw of it
+                _SKIPPED_INDICES[(dataset, split)].add(index)
+                SKIPPED[(dataset, split)] += 1
+                log.warning("image %d of %s/%s cannot be decoded (%s); skipped (data.bad_images=skip)", index,
+                            dataset, split, type(e).__name__)
             return None
         raise MtilError(f"image {index} of {dataset}/{split} cannot be decoded ({type(e).__name__}); re-run "
                         f"`mtil prepare {dataset}` or set data.bad_images=skip to skip and count such images") from None

@@ -127,8 +127,11 @@ def load_split(root: str | os.PathLike, name: str, split: str):
                         f"`{prepare_command(name, root)}`")
     fix = f"re-create it with `{prepare_command(name, root, overwrite=True)}`"
     splits = _split_names(path, name, root)
-    if split not in splits or not (path / split).is_dir():
+    if split not in splits:
         raise MtilError(f"'{path}' has no split '{split}' (it has: {', '.join(splits) or 'none'}); {fix}")
+    if not (path / split).is_dir():
+        raise MtilError(f"the folder of split '{split}' ('{path / split}') is missing although "
+                        f"dataset_dict.json lists it; {fix}")
     try:
         state = json.loads((path / split / "state.json").read_text())
     except Exception:
@@ -150,6 +153,30 @@ def load_split(root: str | os.PathLike, name: str, split: str):
     if not feats["image"].decode:
         ds = ds.cast_column("image", datasets.Image())
     return ds
+
+
+def check_consistent(root: str | os.PathLike, name: str, classnames: Sequence[str], splits: Mapping) -> None:
+    """Every split's ClassLabel names the dataset's classes, every label lies in [0, classes), and every class
+    has at least one training image; else one MtilError line naming the split and what is wrong."""
+    import numpy as np
+
+    path, n = dataset_dir(root, name), len(classnames)
+    fix = f"re-create it with `{prepare_command(name, root, overwrite=True)}`"
+    for split, ds in splits.items():
+        stored = list(ds.features["label"].names)
+        if len(stored) != n:
+            raise MtilError(f"split '{split}' of '{path}' has {len(stored)} classes but the dataset has {n}; {fix}")
+        labels = np.asarray(ds["label"], dtype=np.int64)
+        bad = labels[(labels < 0) | (labels >= n)]
+        if len(bad):
+            raise MtilError(f"split '{split}' of '{path}' has {len(bad)} label(s) outside 0..{n - 1} "
+                            f"(e.g. {int(bad[0])}); {fix}")
+        if split == "train":
+            empty = sorted(set(range(n)) - set(labels.tolist()))
+            if empty:
+                names = ", ".join(str(classnames[c]) for c in empty[:3]) + (" ..." if len(empty) > 3 else "")
+                raise MtilError(f"split 'train' of '{path}' has no images of {len(empty)} class(es) ({names}); "
+                                f"{fix}")
 
 
 def _check_features(feats, where: Path, fix: str) -> None:

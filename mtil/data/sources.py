@@ -254,6 +254,12 @@ def scan_folder(split_dir: Path) -> tuple[list[tuple[str, str]], int]:
         key = "/".join(rel)
         items.extend((key, os.path.join(dirpath, f)) for f in images)
     items.sort()
+    keys = sorted({k for k, _ in items})
+    for outer, inner in zip(keys, keys[1:]):
+        if inner.startswith(outer + "/"):
+            raise MtilError(f"'{split_dir / inner}' is a sub-folder of the class folder '{split_dir / outer}', "
+                            f"which holds images itself: move its images into '{outer}' or into a class folder "
+                            f"of its own")
     return items, loose
 
 
