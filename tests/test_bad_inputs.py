@@ -233,6 +233,146 @@ def case_negative_threads(t):
     return tiny(t.data, "--set=threads=-1", "--out", t.out), ["threads"]
 
 
+# ---- issue 15: values checked at load (before any model, data or demo asset), data consistency, other commands ----
+def _set_names(root: Path, task: str, split: str, names: list[str]) -> None:
+    """Rewrite the class names a split's ClassLabel stores (its labels stay as they are)."""
+    import json
+    info_file = root / task / split / "dataset_info.json"
+    info = json.loads(info_file.read_text())
+    info["features"]["label"]["names"] = names
+    info_file.write_text(json.dumps(info))
+
+
+def case_train_test_class_count_mismatch(t):
+    _set_names(t.data, "Green", "test", ["green pattern 0", "green pattern 1"])
+    return tiny(t.data, "--out", t.out), ["split 'test'", "Green", "2 classes", "has 3", "mtil prepare"]
+
+
+def case_labels_beyond_class_count(t):
+    for split in ("train", "test"):
+        _set_names(t.data, "Blue", split, ["blue pattern 0", "blue pattern 1"])
+    return tiny(t.data, "--out", t.out), ["Blue", "outside 0..1", "mtil prepare"]
+
+
+def case_class_without_training_images(t):
+    def edit(rows):
+        keep = [i for i, y in enumerate(rows["label"]) if y != 2]
+        for k in rows:
+            rows[k] = [rows[k][i] for i in keep]
+    _rewrite_split(t.data, "Red", "train", edit)
+    return tiny(t.data, "--out", t.out), ["split 'train'", "Red", "no images of 1 class", "red pattern 2"]
+
+
+def case_prepare_check_finds_class_count_mismatch(t):
+    _set_names(t.data, "Green", "test", ["green pattern 0", "green pattern 1"])
+    return ["prepare", "Green", "--check", "--root", str(t.data)], ["split 'test'", "2 classes"]
+
+
+def case_deleted_test_folder(t):
+    shutil.rmtree(t.data / "Red" / "test")
+    return tiny(t.data, "--out", t.out), ["folder of split 'test'", "is missing", "mtil prepare Red"]
+
+
+def case_prepare_nested_class_folder(t):
+    src = t.tmp / "images"
+    from PIL import Image
+    for folder in ("cat", "dog", "cat/kitten"):
+        (src / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(src / folder / f"{i}.png")
+    return (["prepare", "Pets2", "--from", str(src), "--root", str(t.tmp / "prep")],
+            ["cat/kitten", "sub-folder of the class folder", "cat"])
+
+
+def case_duplicate_dataset_in_order(t):
+    return tiny(t.data, "--set=data.order=[Red,Green,Red]", "--out", t.out), ["data.order", "repeated: Red"]
+
+
+def case_lr_per_task_misspelled(t):
+    return tiny(t.data, "--set=train.lr_per_task.Gren=1e-3", "--out", t.out), ["train.lr_per_task", "Gren",
+                                                                               "Red, Green, Blue"]
+
+
+def case_nan_in_task_one_has_nothing_to_resume(t):
+    return (tiny(t.data, "--set=train.lr_per_task.Red=1e30", "--set=train.warmup_steps=0", "--out", t.out),
+            ["loss became", "Red", "nothing to resume", "lower train.lr_per_task.Red"])
+
+
+def case_config_not_utf8(t):
+    bad = t.tmp / "latin1.yaml"
+    bad.write_bytes("train: {lr: 0.001}  # caf\xe9\n".encode("latin-1"))
+    return [str(bad), *tiny(t.data, "--out", t.out)], ["latin1.yaml", "not UTF-8"]
+
+
+def case_config_yaml_error_has_line_and_column(t):
+    bad = t.tmp / "bad.yaml"
+    bad.write_text("train:\n  lr: 0.1\n  iterations: [1, 2\n")
+    return [str(bad), *tiny(t.data, "--out", t.out)], ["not valid YAML", "line 4, column 1"]
+
+
+def case_config_is_a_directory(t):
+    (t.tmp / "cfgdir").mkdir()
+    return [str(t.tmp / "cfgdir"), *tiny(t.data, "--out", t.out)], ["cfgdir", "is a directory"]
+
+
+def case_num_experts_zero_names_num_experts(t):
+    return tiny(t.data, "--set=moe.num_experts=0", "--out", t.out), ["'moe.num_experts' = 0", "[1, 1024]"]
+
+
+def case_max_eval_zero(t):
+    return tiny(t.data, "--set=data.max_eval_per_dataset=0", "--out", t.out), ["data.max_eval_per_dataset", "= 0"]
+
+
+def case_run_with_nothing_to_run(t):
+    return ["run"], ["give a config", "mtil demo"]
+
+
+def case_demo_unknown_policy_before_assets(t):
+    return ["demo", "--policy", "merg", "--out", t.out], ["'policy.name' = 'merg'", "merge"]
+
+
+def _fake_run(path: Path, complete: bool = True, tasks=("Red", "Green")) -> Path:
+    import json
+    path.mkdir(parents=True)
+    rows = [[50.0 + i, 40.0 + i] for i in range(len(tasks) if complete else 1)]
+    (path / "results.json").write_text(json.dumps({"tasks": list(tasks), "matrix": rows, "complete": complete}))
+    return path
+
+
+def case_report_unfinished_run_given(t):
+    run = _fake_run(t.tmp / "fake" / "a", complete=False)
+    return ["report", str(_fake_run(t.tmp / "fake" / "b")), str(run)], ["unfinished run", "1 of 2", "--resume"]
+
+
+def case_report_non_run_folder_given(t):
+    (t.tmp / "empty").mkdir()
+    return ["report", str(_fake_run(t.tmp / "fake" / "b")), str(t.tmp / "empty")], ["empty", "holds none"]
+
+
+def case_report_truncated_results(t):
+    run = _fake_run(t.tmp / "fake" / "a")
+    (run / "results.json").write_text((run / "results.json").read_text()[:20])
+    return ["report", str(run)], ["results.json is malformed", "not JSON"]
+
+
+def case_report_results_is_a_list(t):
+    run = _fake_run(t.tmp / "fake" / "a")
+    (run / "results.json").write_text("[1, 2]")
+    return ["report", str(run)], ["results.json is malformed", "a JSON list"]
+
+
+def case_compare_refuses_a_cell_of_another_config(t):
+    cfg = t.tmp / "cmp.yaml"
+    cfg.write_text(f"data: {{root: '{t.data}', order: [Red, Green]}}\n")
+    from conftest import TINY_OVERRIDES
+    cell = _fake_run(Path(t.out) / "none-seed0")
+    old = config.load(str(cfg), [*TINY_OVERRIDES, "policy.name=none", "seed=0", "output.plots=false"])
+    (cell / "config.yaml").write_text(config.dump(old))
+    return (["compare", str(cfg), "--policies", "none", "--seeds", "0", "--out", t.out,
+             *[f"--set={o}" for o in TINY_OVERRIDES], "--set=train.lr=0.05"],
+            ["none-seed0", "another config", "train.lr: 0.01 there, 0.05 now", "new --out"])
+
+
 CASES = [
     case_corrupt_image_fail_train,
     case_corrupt_image_fail_test,
@@ -265,7 +405,29 @@ CASES = [
     pytest.param(case_train_batch_size_zero, id="train_batch_size_zero"),
     pytest.param(case_negative_few_shot, id="negative_few_shot"),
     case_negative_threads,
+    case_train_test_class_count_mismatch,
+    case_labels_beyond_class_count,
+    case_class_without_training_images,
+    case_prepare_check_finds_class_count_mismatch,
+    case_deleted_test_folder,
+    case_prepare_nested_class_folder,
+    case_duplicate_dataset_in_order,
+    case_lr_per_task_misspelled,
+    case_nan_in_task_one_has_nothing_to_resume,
+    case_config_not_utf8,
+    case_config_yaml_error_has_line_and_column,
+    case_config_is_a_directory,
+    case_num_experts_zero_names_num_experts,
+    case_max_eval_zero,
+    case_run_with_nothing_to_run,
+    case_demo_unknown_policy_before_assets,
+    case_report_unfinished_run_given,
+    case_report_non_run_folder_given,
+    case_report_truncated_results,
+    case_report_results_is_a_list,
+    case_compare_refuses_a_cell_of_another_config,
 ]
+# (issue 15 items 9, 10, 12, 13: every key with a bad value is one more row of the table, generated below)
 
 
 class Case:
@@ -281,15 +443,81 @@ def _ids(case):
     return case.__name__[len("case_"):] if callable(case) else None
 
 
-@pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_bad_input_one_line_exit_2_nothing_lost(case, data_copy, tmp_path, capsys):
+def bad_value(rule: str):
+    """A value that breaks `rule` (the notation at the top of base.yaml), for every alternative at once."""
+    alts = config._split_alternatives(rule)
+    for alt in alts:
+        m = config._INTERVAL.match(alt)
+        if m:
+            kind, left, lo, hi, right = m.groups()
+            value = float(lo) - 1 if left == "[" else float(lo)
+            if value == float("-inf"):
+                value = float(hi) + 1 if right == "]" else float(hi)
+            integral = kind == "int" or (kind is None and "." not in lo + hi)
+            return int(value) if integral and value == int(value) else value
+        if alt.startswith("list("):
+            return [bad_value(alt[5:-1])]
+        if alt.startswith("map("):
+            return {"Red": bad_value(alt[4:-1])}
+        if alt == "@block_range":
+            return [3, 1]
+    if "str" in alts:
+        return ""
+    if "bool" in alts:
+        return "maybe"
+    return "bogus-choice"
+
+
+def key_cases():
+    import yaml
+    rules = config.schema_rules(config.resolve_path("base.yaml"))
+    out = []
+    for key, rule in rules.items():
+        if rule is None:
+            continue
+        value = bad_value(rule)
+        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+        def case(t, key=key, text=text):
+            return tiny(t.data, f"--set={key}={text}", "--out", t.out), [f"'{key}'"], "nothing created"
+        out.append(pytest.param(case, id=f"key:{key}={text}"))
+    return out
+
+
+COMMANDS = ("run", "report", "compare", "prepare", "demo")
+
+
+def test_every_key_has_a_rule_that_its_default_meets():
+    """The contract: a key added to base.yaml without an allowed-values rule (or with a default the rule refuses)
+    fails here."""
+    import yaml
+    path = config.resolve_path("base.yaml")
+    rules = config.schema_rules(path)
+    defaults = report_flatten(yaml.safe_load(path.read_text()))
+    assert set(rules) == set(defaults)
+    missing = sorted(k for k, r in rules.items() if r is None)
+    assert not missing, f"keys without a `rule` in base.yaml: {missing}"
+    for key, rule in rules.items():
+        assert config.matches(rule, defaults[key]), (key, rule, defaults[key])
+        assert not config.matches(rule, bad_value(rule)), (key, rule)
+
+
+def report_flatten(d):
+    from mtil.report import flatten
+    return flatten(d)
+
+
+@pytest.mark.parametrize("case", CASES + key_cases(), ids=_ids)
+def test_bad_input_one_line_exit_2_nothing_lost(case, data_copy, tmp_path, capsys, monkeypatch):
     t = Case(tmp_path, data_copy)
+    monkeypatch.chdir(tmp_path)                          # `mtil run` with no --out would write ./runs
+    monkeypatch.setenv("MTIL_CACHE", str(tmp_path / "cache"))   # demo assets are never built for a bad input
     try:
-        argv, expected = case(t)
+        argv, expected, *nothing_created = case(t)
         # an earlier file in the run directory, which no error may remove or change
         before = snapshot(tmp_path)
         capsys.readouterr()
-        code = main(["run", *argv])
+        code = main(argv if argv and argv[0] in COMMANDS else ["run", *argv])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and err[0].startswith("mtil: error: "), (code, err)
         for text in expected:
@@ -297,6 +525,9 @@ def test_bad_input_one_line_exit_2_nothing_lost(case, data_copy, tmp_path, capsy
         after = snapshot(tmp_path)
         for path, content in before.items():
             assert after.get(path) == content, f"{path} changed or vanished"
+        assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
+        if nothing_created:   # a config value: refused at load, before the run directory or any model exists
+            assert not Path(t.out).exists()
     finally:
         for undo in t.cleanup:
             undo()

@@ -306,7 +306,7 @@ def test_load_errors_name_path_and_command(small, tmp_path, capsys):
                            f"mtil prepare Broken --root {root}")
 
     broken(lambda d: (d / "dataset_dict.json").unlink(), "is not a prepared dataset")
-    broken(lambda d: shutil.rmtree(d / "test"), "has no split 'test'")
+    broken(lambda d: shutil.rmtree(d / "test"), "folder of split 'test'", "is missing")
     broken(lambda d: [f.write_bytes(b"garbage") for f in (d / "train").glob("*.arrow")], "cannot read")
 
     def wrong_columns(d):
