@@ -1,22 +1,29 @@
 """Mixture-of-experts adapters for open_clip residual blocks.
 
-Placement (MoE-Adapters): in each adapted block the adapter reads the block's `ln_2(x)` and its output is added
-to the MLP's, `x = x + mlp(ln_2(x)) + moe(ln_2(x))`. It is attached with a forward hook on `block.mlp`, so
-open_clip's own modules and weight names stay untouched.
+Placement (MoE-Adapters, `ResidualAttentionBlock.forward`): in each adapted block the adapter reads the residual
+stream after attention, the un-normalised `x` that enters `ln_2`, and its output is added beside the MLP's:
+`x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)) + moe(x)`. `adapter_input="ln_2"` feeds `ln_2(x)` instead (an
+option). It is attached with hooks (a forward pre-hook on `block.ln_2` reads `x`, a forward hook on `block.mlp`
+adds the adapter's output), so open_clip's own modules and weight names stay untouched.
 
 Experts are stacked tensors (`w_down [E, d, h]`, `w_up [E, h, d]`) and a forward pass gathers the selected
 experts' weights per sample and runs two batched matmuls: no Python loop over experts. Routing is per sample,
-from the block's first token (CLS in the image tower, SOT in the text tower). Because the text tower attends
-causally, its SOT token is the same for every prompt, so text routing depends on the router (task) only.
+from the first token of the adapter's input (CLS in the image tower, SOT in the text tower). Because the text
+tower attends causally, its SOT token sees only itself: the same for every prompt in every block, so text
+routing depends on the router (task) only and every prompt of a task takes the same experts.
 
-The up-projection and the routers start at zero, so at init an adapted model computes exactly what plain CLIP
-computes. Masks: `active` (inactive experts are never routed to) and `frozen` (see `mtil.optim`, which keeps
-frozen experts bit-identical through optimizer steps).
+Expert init `lora` (MoE-Adapters' `Adapter(init_option="lora")`): down-projection Kaiming-uniform (a = sqrt 5),
+its bias, the up-projection and its bias zero; routers start at zero. So at init an adapted model computes
+exactly what plain CLIP computes. Masks: `active` (inactive experts are never routed to), `frozen` (see
+`mtil.optim`, which keeps frozen experts bit-identical through optimizer steps) and `router_experts` [R, E]: the
+experts each router may select, fixed to the active set when its task's training ends (`close_router`), so an
+old task's router never reaches experts added after it.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +33,8 @@ from . import backbone
 from .errors import MtilError
 
 TOWERS = ("image", "text")
+INPUTS = ("residual", "ln_2")
+INITS = ("lora", "linear", "fresh")
 
 
 @dataclass
@@ -46,15 +55,17 @@ class MoEAdapter(nn.Module):
 
     def __init__(self, dim: int, num_experts: int, hidden: int, top_k: int, num_routers: int, gating: str,
                  noisy_gating: bool, dropout: float, scale: float, routing: Routing, batch_first: bool = True,
-                 tower: str = "image", block: int = 0):
+                 tower: str = "image", block: int = 0, init: str = "lora"):
         super().__init__()
         if gating not in ("topk", "dense"):
             raise MtilError(f"moe.gating must be 'topk' or 'dense', got {gating!r}")
+        if init not in INITS[:2]:
+            raise MtilError(f"moe.expert_init must be {' or '.join(INITS[:2])}, got {init!r}")
         if not 1 <= top_k <= num_experts:
             raise MtilError(f"moe.top_k must be between 1 and moe.num_experts={num_experts}, got {top_k}")
         self.dim, self.num_experts, self.hidden, self.top_k = dim, num_experts, hidden, top_k
         self.gating, self.noisy_gating, self.scale, self.batch_first = gating, noisy_gating, scale, batch_first
-        self.tower, self.block = tower, block
+        self.tower, self.block, self.init = tower, block, init
         self.routing = routing
         self.w_down = nn.Parameter(torch.empty(num_experts, dim, hidden))
         self.b_down = nn.Parameter(torch.empty(num_experts, hidden))
@@ -65,12 +76,13 @@ class MoEAdapter(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.register_buffer("active", torch.ones(num_experts, dtype=torch.bool))
         self.register_buffer("frozen", torch.zeros(num_experts, dtype=torch.bool))
+        self.register_buffer("router_experts", torch.ones(num_routers, num_experts, dtype=torch.bool))
         self.register_buffer("window_counts", torch.zeros(num_experts, dtype=torch.long))
         self.register_buffer("task_counts", torch.zeros(num_experts, dtype=torch.long))
         self.register_buffer("gate_mass", torch.zeros(num_experts))
         self.aux_loss: torch.Tensor | None = None
         for e in range(num_experts):
-            self.reset_expert(e, zero_up=True)
+            self.reset_expert(e)
 
     # ---- expert management -------------------------------------------------------------------------------
     @property
@@ -78,18 +90,26 @@ class MoEAdapter(nn.Module):
         return f"{self.tower}.{self.block}"
 
     @torch.no_grad()
-    def reset_expert(self, e: int, zero_up: bool = True) -> None:
-        """Fresh init of expert e: down-projection as nn.Linear's default; up-projection zero or default."""
+    def reset_expert(self, e: int, init: str | None = None) -> None:
+        """Fresh init of expert e. `lora` (MoE-Adapters): down-projection Kaiming-uniform (a = sqrt 5), everything
+        else zero. `linear`: down-projection (weight and bias) as nn.Linear's default, up-projection zero.
+        `fresh`: both projections as nn.Linear's default (DynamicMoE's new experts). None = the layer's init."""
+        init = self.init if init is None else init
+        if init not in INITS:
+            raise MtilError(f"expert init must be one of {', '.join(INITS)}, got {init!r}")
         bound_d = 1.0 / math.sqrt(self.dim)
-        self.w_down[e].uniform_(-bound_d, bound_d)
-        self.b_down[e].uniform_(-bound_d, bound_d)
-        if zero_up:
+        nn.init.kaiming_uniform_(self.w_down[e].t(), a=math.sqrt(5))  # [h, d] view: fan_in = d, bound 1/sqrt(d)
+        if init == "lora":
+            self.b_down[e].zero_()
+        else:
+            self.b_down[e].uniform_(-bound_d, bound_d)
+        if init == "fresh":
+            bound_h = 1.0 / math.sqrt(self.hidden)
+            nn.init.kaiming_uniform_(self.w_up[e].t(), a=math.sqrt(5))
+            self.b_up[e].uniform_(-bound_h, bound_h)
+        else:
             self.w_up[e].zero_()
             self.b_up[e].zero_()
-        else:
-            bound_h = 1.0 / math.sqrt(self.hidden)
-            self.w_up[e].uniform_(-bound_h, bound_h)
-            self.b_up[e].uniform_(-bound_h, bound_h)
 
     def expert_tensors(self) -> list[nn.Parameter]:
         """The per-expert parameter tensors (first dim = expert)."""
@@ -122,13 +142,15 @@ class MoEAdapter(nn.Module):
         if self.training and self.noise is not None:
             noise_std = F.softplus(torch.einsum("nd,nde->ne", tok, self.noise[r].to(tok.dtype))) + 1e-2
             logits = clean + torch.randn_like(clean) * noise_std
-        logits = logits.masked_fill(~self.active, float("-inf"))
-        n_active = int(self.active.sum())
+        allowed = self.active.unsqueeze(0) & self.router_experts[r]          # [N, E]
+        logits = logits.masked_fill(~allowed, float("-inf"))
         if self.gating == "dense":
+            n_active = int(self.active.sum())
             idx = self.active.nonzero().squeeze(1).expand(tok.shape[0], n_active)
             weights = torch.softmax(logits.gather(1, idx), dim=1)
         else:
-            k = min(self.top_k, n_active)
+            # a sample whose router allows fewer than k experts gets weight 0 on the -inf picks
+            k = min(self.top_k, int(allowed.sum(1).max()))
             top, idx = logits.topk(k, dim=1)
             weights = torch.softmax(top, dim=1)
         weights = weights * (routes >= 0).unsqueeze(1).to(weights.dtype)
@@ -158,7 +180,8 @@ class MoEAdapter(nn.Module):
         return cv2(importance) + cv2(load)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """h: the block's ln_2 output, [N, L, d] (or [L, N, d] when not batch-first). Returns the adapter output."""
+        """h: the adapter input (residual stream or ln_2 output), [N, L, d] (or [L, N, d] when not batch-first).
+        Returns the adapter output in the same layout."""
         x = h if self.batch_first else h.transpose(0, 1)
         n = x.shape[0]
         routes = self._routes(n, x.device)
@@ -183,29 +206,42 @@ class MoEAdapter(nn.Module):
 
     @torch.no_grad()
     def _count(self, idx: torch.Tensor, full: torch.Tensor, routes: torch.Tensor) -> None:
-        """Count, per sample, the experts among its top-k (dense gating: the k largest gates)."""
-        routed = routes >= 0
+        """Count, per sample, the experts among its top-k (dense gating: the k largest gates); a pick its router
+        may not select (fewer allowed experts than k) is not counted."""
         if self.gating == "dense":
             k = min(self.top_k, int(self.active.sum()))
             idx = full.topk(k, dim=1).indices
-        sel = idx[routed].flatten()
-        counts = torch.bincount(sel, minlength=self.num_experts)
+        allowed = self.active.unsqueeze(0) & self.router_experts[routes.clamp(min=0)]
+        chosen = allowed.gather(1, idx) & (routes >= 0).unsqueeze(1)
+        counts = torch.bincount(idx[chosen], minlength=self.num_experts)
         self.window_counts += counts
         self.task_counts += counts
-        self.gate_mass += full[routed].float().sum(0)
+        self.gate_mass += full[routes >= 0].float().sum(0)
 
 
 class _AdapterHook:
-    """Forward hook on `block.mlp`: adds the adapter's output to the MLP's."""
+    """Hooks of one block: a forward pre-hook on `ln_2` keeps its input (the residual stream after attention);
+    a forward hook on `mlp` adds the adapter's output, computed from that input or from `ln_2(x)`."""
 
-    def __init__(self, adapter: MoEAdapter):
+    def __init__(self, adapter: MoEAdapter, adapter_input: str):
         self.adapter = adapter
+        self.adapter_input = adapter_input
+        self.residual: torch.Tensor | None = None
+
+    def keep_residual(self, module, inputs):
+        self.residual = inputs[0]
 
     def __call__(self, module, inputs, output):
+        residual, self.residual = self.residual, None
         route = self.adapter.routing.route
         if isinstance(route, int) and route < 0:
             return output
-        return output + self.adapter(inputs[0])
+        if self.adapter_input == "ln_2":
+            return output + self.adapter(inputs[0])
+        if residual is None:
+            raise MtilError(f"adapter {self.adapter.name}: the block's ln_2 did not run before its mlp; "
+                            "this block layout needs moe.adapter_input=ln_2")
+        return output + self.adapter(residual)
 
 
 class AdaptedCLIP(nn.Module):
@@ -254,6 +290,18 @@ class AdaptedCLIP(nn.Module):
         txt = self.encode_text(tokens, route)
         return self.clip.logit_scale.exp() * img @ txt.t()
 
+    @torch.no_grad()
+    def open_router(self, router: int) -> None:
+        """Router `router` starts (or resumes) training: it may select every active expert, old or new."""
+        for layer in self._layers:
+            layer.router_experts[router] = True
+
+    @torch.no_grad()
+    def close_router(self, router: int) -> None:
+        """Its task's training ended: from now on it selects only the experts active now."""
+        for layer in self._layers:
+            layer.router_experts[router] = layer.active
+
     def aux_loss(self) -> torch.Tensor:
         losses = [layer.aux_loss for layer in self._layers if layer.aux_loss is not None]
         return torch.stack(losses).mean() if losses else torch.zeros(())
@@ -264,8 +312,10 @@ class AdaptedCLIP(nn.Module):
 
     def param_counts(self) -> dict[str, int]:
         """Adapter parameters: total, active (active experts + their router columns), active_experts (expert
-        weights only, what DynamicMoE's parameter matching equalises), frozen, trainable_experts, routers."""
-        total = active = active_experts = frozen = routers = 0
+        weights only, what DynamicMoE's parameter matching equalises), per_sample (the expert weights one input
+        runs through: top-k of the active experts, all of them under dense gating), frozen, trainable_experts,
+        routers."""
+        total = active = active_experts = per_sample = frozen = routers = 0
         for layer in self._layers:
             per_expert = layer.expert_numel()
             n_active = int(layer.active.sum())
@@ -274,9 +324,11 @@ class AdaptedCLIP(nn.Module):
             total += per_expert * layer.num_experts + sum(t.numel() for t in layer.router_tensors())
             active += (per_expert + router_cols) * n_active
             active_experts += per_expert * n_active
+            per_sample += per_expert * (n_active if layer.gating == "dense" else min(layer.top_k, n_active))
             frozen += per_expert * n_frozen
             routers += sum(t.numel() for t in layer.router_tensors())
-        return {"total": total, "active": active, "active_experts": active_experts, "frozen": frozen,
+        return {"total": total, "active": active, "active_experts": active_experts, "per_sample": per_sample,
+                "frozen": frozen,
                 "trainable_experts": active_experts - frozen, "routers": routers}
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
@@ -300,9 +352,14 @@ class AdaptedCLIP(nn.Module):
 
 
 def attach(clip: nn.Module, *, towers=("image", "text"), blocks=None, num_experts: int = 22, top_k: int = 2,
-           hidden: int = 64, num_routers: int = 1, gating: str = "topk", noisy_gating: bool = True,
-           dropout: float = 0.1, scale: float = 0.1) -> AdaptedCLIP:
-    """Put an MoE adapter in parallel to the MLP of the chosen blocks of the chosen towers."""
+           hidden: int | Callable[[int], int] = 64, num_routers: int = 1, gating: str = "topk",
+           noisy_gating: bool = True, dropout: float = 0.1, scale: float = 0.1, adapter_input: str = "residual",
+           expert_init: str = "lora") -> AdaptedCLIP:
+    """Put an MoE adapter beside the MLP of the chosen blocks of the chosen towers.
+
+    `hidden` is the expert width, or a function of the tower's model width (grow's parameter matching)."""
+    if adapter_input not in INPUTS:
+        raise MtilError(f"moe.adapter_input must be {' or '.join(INPUTS)}, got {adapter_input!r}")
     available = backbone.towers(clip)
     routing = Routing()
     layers = []
@@ -321,11 +378,16 @@ def attach(clip: nn.Module, *, towers=("image", "text"), blocks=None, num_expert
             if hasattr(block, "moe"):
                 raise MtilError("this model already carries MoE adapters; attach them once")
             dim = block.ln_2.normalized_shape[0]
-            adapter = MoEAdapter(dim, num_experts, hidden, top_k, num_routers, gating, noisy_gating, dropout, scale,
-                                 routing, batch_first=getattr(transformer, "batch_first", True), tower=tower, block=b)
+            width = hidden(dim) if callable(hidden) else hidden
+            adapter = MoEAdapter(dim, num_experts, width, top_k, num_routers, gating, noisy_gating, dropout, scale,
+                                 routing, batch_first=getattr(transformer, "batch_first", True), tower=tower, block=b,
+                                 init=expert_init)
             adapter.to(next(clip.parameters()).device)
             block.moe = adapter
-            block.mlp.register_forward_hook(_AdapterHook(adapter))
+            hook = _AdapterHook(adapter, adapter_input)
+            if adapter_input == "residual":
+                block.ln_2.register_forward_pre_hook(hook.keep_residual)
+            block.mlp.register_forward_hook(hook)
             layers.append(adapter)
     routing.layers = layers
     return AdaptedCLIP(clip, layers, routing).train(False)

@@ -57,7 +57,7 @@ class Grow(Policy):
             if not new:
                 continue
             for e in new:
-                layer.reset_expert(e, zero_up=gc.expert_init == "zero_up")
+                layer.reset_expert(e, "fresh" if gc.expert_init == "default" else None)
                 for tensor in layer.router_tensors():
                     tensor.data[:, :, e] = self.router_column(tensor.data, layer.active, gc.router_init)
                 if ctx.optimizer is not None:
