@@ -57,11 +57,18 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_compatible(saved: dict, current: Config) -> None:
+def check_compatible(saved: dict, current: Config, progress: dict | None = None) -> None:
+    """Refuse a resume whose config differs from the run's, except RESUME_MAY_CHANGE and, at a task boundary,
+    train.lr_per_task of the tasks not started yet (the way on after a NaN loss)."""
     old, new = _flatten(saved), _flatten(config.unwrap(current))
+    may_change = set(RESUME_MAY_CHANGE)
+    if progress is not None and progress["phase"] == "train" and progress["step"] == 0:
+        may_change |= {f"train.lr_per_task.{n}" for n in current.data.order[progress["task"]:]}
     for key in sorted(set(old) | set(new)):
-        if key in RESUME_MAY_CHANGE or any(key.startswith(k + ".") for k in RESUME_MAY_CHANGE):
+        if key in may_change or any(key.startswith(k + ".") for k in RESUME_MAY_CHANGE):
             continue
+        if key == "train.lr_per_task" and old.get(key, {}) in ({}, None) and new.get(key, {}) in ({}, None):
+            continue   # {} flattens to this key, a non-empty map to its entries
         if old.get(key) != new.get(key):
             raise MtilError(f"the checkpoint in this run directory was written with {key}={old.get(key)!r}, now "
                             f"{new.get(key)!r}; resume with the original config or start a new --out")
@@ -174,14 +181,16 @@ class Run:
 
     def load(self) -> None:
         saved_cfg = yaml.safe_load((self.out / "config.yaml").read_text()) if (self.out / "config.yaml").exists() else None
-        if saved_cfg is not None:
-            check_compatible(saved_cfg, self.cfg)
         try:
             state = torch.load(self.out / CHECKPOINT, map_location="cpu", weights_only=False)
         except Exception as e:
             raise MtilError(f"cannot read {self.out / CHECKPOINT} ({type(e).__name__}); it is not an mtil checkpoint") from None
         if not isinstance(state, dict) or state.get("format") != 1:
             raise MtilError(f"{self.out / CHECKPOINT} is not an mtil checkpoint of this version")
+        if saved_cfg is not None:
+            check_compatible(saved_cfg, self.cfg, state.get("progress"))
+            if self.accelerator.is_main_process and saved_cfg != config.unwrap(self.cfg):
+                checkpoint.write_text(self.out / "config.yaml", config.dump(self.cfg))
         self.adapted.load_adapter_state_dict(state["adapters"])
         self.tracker.load_state_dict(state["tracker"])
         self.policy.load_state_dict(state["policy"])
@@ -215,6 +224,8 @@ class Run:
     def execute(self) -> dict:
         if self.resume:
             self.load()
+            if self.accelerator.is_main_process:   # rewritten from the checkpoint: repairs damaged or stale copies
+                self.write_outputs()
         else:
             self.policy.setup()
             if self.accelerator.is_main_process:

@@ -334,3 +334,54 @@ def test_two_processes_compute_what_one_does(stream_root, tmp_path):
         else:
             assert torch.equal(a[k], b[k]), k
     assert any(float(a[k].abs().max()) > 0 for k in a if k.endswith("w_up"))  # the adapters did train
+
+
+# ---- issue 15: damaged outputs of a finished run, file modes, the way on after a NaN loss -------------------------
+
+def test_resume_of_a_finished_run_repairs_its_outputs_from_the_checkpoint(stream_root, tmp_path, capsys):
+    from mtil import rundir
+    out = tmp_path / "run"
+    args = ["run", *tiny_args(stream_root, "--set=data.order=[Red,Green]", "--set=train.iterations=4"), "--out", str(out)]
+    assert main(args) == 0
+    good = {name: (out / name).read_bytes() for name in ("events.jsonl", "usage.npz")}
+    results = json.loads((out / "results.json").read_text())
+    (out / "results.json").write_text((out / "results.json").read_text()[:40])        # truncated
+    (out / "events.jsonl").write_text((out / "events.jsonl").read_text() + "garbage\n")
+    (out / "usage.npz").write_bytes(b"PK\x03\x04 broken")
+    assert main([*args, "--resume"]) == 0
+    repaired = rundir.load_run(out)   # reads and checks all four files
+    assert repaired.results["matrix"] == results["matrix"] and repaired.complete
+    assert {name: (out / name).read_bytes() for name in good} == good
+    capsys.readouterr()
+
+
+def test_run_files_get_the_mode_the_umask_gives(stream_root, tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "run"
+        assert main(["run", *tiny_args(stream_root, "--set=data.order=[Red]", "--set=train.iterations=2"),
+                     "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    assert modes and set(modes.values()) == {0o644}, modes
+
+
+def test_nan_loss_then_lower_lr_and_resume_finishes(stream_root, tmp_path, capsys):
+    """The NaN message's advice works: lowering train.lr_per_task of the failed task and --resume finishes the run
+    from the last task boundary (the tasks before it are kept)."""
+    out = tmp_path / "run"
+    base = tiny_args(stream_root, "--set=data.order=[Red,Green]", "--set=train.warmup_steps=0",
+                     "--set=train.iterations=3")
+    assert main(["run", *base, "--set=train.lr_per_task.Green=1e30", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "loss became" in err and "lower train.lr_per_task.Green and continue with --resume" in err
+    red_row = json.loads((out / "results.json").read_text())["matrix"][0]
+    assert main(["run", *base, "--set=train.lr_per_task.Green=1e-3", "--out", str(out), "--resume"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] and results["matrix"][0] == red_row
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["lr_per_task"] == {"Green": 1e-3}
+    # the lr of a task already trained may not change
+    assert main(["run", *base, "--set=train.lr_per_task.Red=1e-3", "--set=train.lr_per_task.Green=1e-3",
+                 "--out", str(out), "--resume"]) == 2
+    assert "train.lr_per_task.Red" in capsys.readouterr().err
