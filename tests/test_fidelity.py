@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtil import backbone, moe
+from mtil import backbone, moe, optim
 
 TOL = dict(atol=1e-6, rtol=0)
 
@@ -219,3 +219,71 @@ def test_text_routing_depends_on_the_router_only(clip):
     assert seen
     for _, first in seen:
         torch.testing.assert_close(first, first[:1].expand_as(first), **TOL)
+
+
+# ---- optimizer: a reset slot trains as under a freshly created AdamW -------------------------------------------
+
+def one_layer_model(noisy=True):
+    routing = moe.Routing()
+    torch.manual_seed(0)
+    layer = moe.MoEAdapter(12, 5, 4, 2, 2, "topk", noisy, 0.0, 0.1, routing)
+    return moe.AdaptedCLIP(nn.Module(), [layer], routing), layer
+
+
+def slot(t, e, router):
+    return t[e] if not router else t[:, :, e]
+
+
+@pytest.mark.parametrize("reset_at", [100, 500])
+def test_reset_slot_updates_equal_a_fresh_adamw(reset_at):
+    model, layer = one_layer_model()
+    twin_model, twin = one_layer_model()
+    opt = optim.build_optimizer(model, 1e-3, 0.1)
+    twin_opt = optim.build_optimizer(twin_model, 1e-3, 0.1)
+    plain = [nn.Parameter(t.detach().clone()) for t in params(layer)]
+    plain_opt = torch.optim.AdamW(plain, lr=1e-3, weight_decay=0.1)
+    g = torch.Generator().manual_seed(9)
+    e, after = 2, 12
+    fresh = fresh_opt = None
+    for step in range(reset_at + after):
+        if step == reset_at:
+            optim.reset_state(opt, layer, e, router_column=True)
+            fresh = [nn.Parameter(slot(t, e, i >= 4).detach().clone()) for i, t in enumerate(params(layer))]
+            fresh_opt = torch.optim.AdamW(fresh, lr=1e-3, weight_decay=0.1)
+        lr = 1e-3 * (0.3 + 0.7 * ((step * 37) % 11) / 10)                 # a changing schedule
+        grads = [torch.randn(t.shape, generator=g) for t in params(layer)]
+        for o in (opt, twin_opt, plain_opt) + ((fresh_opt,) if fresh_opt else ()):
+            o.param_groups[0]["lr"] = lr
+        for ps, o in ((params(layer), opt), (params(twin), twin_opt), (plain, plain_opt)):
+            for p, gr in zip(ps, grads):
+                p.grad = gr.clone()
+            o.step()
+        if fresh_opt is not None:
+            for i, (p, gr) in enumerate(zip(fresh, grads)):
+                p.grad = slot(gr, e, i >= 4).clone()
+            fresh_opt.step()
+    keep = [x for x in range(layer.num_experts) if x != e]
+    for i, (t, tw, pl, fr) in enumerate(zip(params(layer), params(twin), plain, fresh)):
+        router = i >= 4
+        torch.testing.assert_close(tw.detach(), pl.detach(), **TOL)          # no reset: torch's AdamW
+        torch.testing.assert_close(slot(t.detach(), e, router), fr.detach(), **TOL)
+        others = t.detach()[:, :, keep] if router else t.detach()[keep]
+        twin_others = tw.detach()[:, :, keep] if router else tw.detach()[keep]
+        assert torch.equal(others, twin_others)                              # other slots: bit-identical
+    assert not torch.allclose(slot(params(layer)[0].detach(), e, False), slot(params(twin)[0].detach(), e, False))
+
+
+def test_optimizer_state_round_trips_per_slot_steps():
+    model, layer = one_layer_model()
+    opt = optim.build_optimizer(model, 1e-2, 0.0)
+    for _ in range(3):
+        for p in params(layer):
+            p.grad = torch.ones_like(p)
+        opt.step()
+    optim.reset_state(opt, layer, 1)
+    state = copy.deepcopy(opt.state_dict())
+    model2, layer2 = one_layer_model()
+    opt2 = optim.build_optimizer(model2, 1e-2, 0.0)
+    opt2.load_state_dict(state)
+    steps = opt2.state[layer2.w_down]["step"].flatten().tolist()
+    assert steps == [3, 0, 3, 3, 3]
