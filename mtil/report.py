@@ -1,8 +1,8 @@
 """Tables over run directories: Transfer / Avg / Last / BWT / Forgetting (mean ± std over seeds) beside published rows.
 
 Every number is recomputed from each run's accuracy matrix (`metrics.summarize`), never read from the summary
-values stored beside it, and rounded as the published tables are (ZSCL's `np.around(x, 1)`: half to even, on the
-binary value, so a transfer of 65.35 prints 65.4). Runs whose resolved configs differ only in `seed` (and paths)
+values stored beside it, and rounded as the published tables are (ZSCL's `np.around(x, 1)`: x * 10 rounded half
+to even, so a transfer of 65.35 prints 65.4). Runs whose resolved configs differ only in `seed` (and paths)
 form one group; a group of several seeds shows mean ± sample std (ddof=1). Each task stream gets its own tables;
 published rows (`configs/references.yaml`, ViT-B/16) are those of the MTIL order the stream is (none for another
 stream, such as the demo's), and are always labelled as published. The per-dataset table has a Transfer, an Avg

@@ -1,7 +1,11 @@
 """`mtil report` and `mtil compare` on tiny runs."""
+import csv
+import io
 import json
+from pathlib import Path
 
 import numpy as np
+import yaml
 import pytest
 
 from mtil.cli import main
@@ -27,7 +31,7 @@ def test_report_shows_mean_std_and_forgetting_without_published_rows_for_another
     forgetting = np.array([r["forgetting"] for r in runs])
     assert "| BWT | Forgetting |" in out and f"{forgetting.mean():.1f} ± {forgetting.std(ddof=1):.1f}" in out
     assert "published" not in out   # the Red/Green/Blue stream is no MTIL order
-    assert "| freeze | transfer |" in out and "| freeze | last |" in out
+    assert "| freeze | Transfer |" in out and "| freeze | Avg |" in out and "| freeze | Last |" in out
 
 
 def test_published_rows_are_those_of_the_runs_mtil_order():
@@ -46,13 +50,17 @@ def test_report_csv_and_json(two_seeds, capsys):
     row = [x for x in data["table"] if x["method"] == "freeze"][0]
     assert row["avg_mean"] == pytest.approx(r["avg"]) and row["seeds"] == 1
     assert main(["report", str(two_seeds), "--format", "csv"]) == 0
-    assert capsys.readouterr().out.startswith("method,seeds,transfer,avg,last")
+    out = capsys.readouterr().out
+    assert out.startswith("method,seeds,transfer,transfer_std,avg,avg_std,last,last_std")
+    row = next(r for r in csv.reader(io.StringIO(out)) if r and r[0] == "freeze")
+    assert float(row[4]) == pytest.approx(np.mean([json.loads((two_seeds / f"freeze-seed{s}" / "results.json")
+                                                              .read_text())["avg"] for s in (0, 1)]), abs=1e-4)
 
 
 def test_report_on_a_non_run_dir(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "not a run directory" in err[0]
+    assert len(err) == 1 and "nothing does not exist" in err[0]
 
 
 def test_compare_runs_the_grid_then_skips_finished_cells(tmp_path, stream_root, capsys):
@@ -70,8 +78,98 @@ def test_compare_runs_the_grid_then_skips_finished_cells(tmp_path, stream_root, 
     stamp = (tmp_path / "grid" / "merge-seed1" / "results.json").stat().st_mtime_ns
     assert main(args) == 0
     assert (tmp_path / "grid" / "merge-seed1" / "results.json").stat().st_mtime_ns == stamp
+    assert ("reused 4 finished cell(s) with the same resolved config: none-seed0, none-seed1, merge-seed0, "
+            "merge-seed1") in capsys.readouterr().out
 
 
 def test_compare_rejects_unknown_policy(tmp_path, capsys):
     assert main(["compare", "--policies", "none,prune", "--out", str(tmp_path)]) == 2
     assert "unknown policy prune" in capsys.readouterr().err
+
+
+# ---- issue 15: report over hand-made run directories (no training needed) ----------------------------------------
+
+MTIL_ORDER2 = ["StanfordCars", "Food101", "MNIST", "OxfordPet", "Flowers102", "SUN397", "Aircraft", "Caltech101",
+               "DTD", "EuroSAT", "CIFAR100"]
+
+
+def fake_run(path: Path, matrix, tasks, *overrides, complete=True, **extra) -> Path:
+    """A run directory as `mtil run` leaves it: results.json (matrix, no trusted summary) and config.yaml."""
+    from mtil import config
+    path.mkdir(parents=True)
+    cfg = config.load(None, [f"data.order=[{','.join(tasks)}]", *overrides])
+    (path / "config.yaml").write_text(config.dump(cfg))
+    (path / "results.json").write_text(json.dumps({"tasks": list(tasks), "matrix": matrix, "complete": complete,
+                                                   **extra}))
+    return path
+
+
+def report_out(capsys, *argv) -> str:
+    capsys.readouterr()
+    assert main(["report", *map(str, argv)]) == 0
+    return capsys.readouterr().out
+
+
+def test_zero_shot_order2_prints_as_published_with_avg_rows(tmp_path, capsys):
+    """The zero-shot matrix (every row = ZSCL's zero-shot accuracies) in Order II: transfer 65.35 prints 65.4 as
+    ZSCL's np.around does; every number comes from the matrix, not from the (wrong) stored summary."""
+    acc = yaml.safe_load((Path(__file__).parents[1] / "mtil" / "configs" / "references.yaml").read_text())
+    row = [acc["zero_shot_accuracy"][t] for t in MTIL_ORDER2]
+    run = fake_run(tmp_path / "zero-shot", [row] * 11, MTIL_ORDER2, "eval.mode=zero-shot",
+                   transfer=1.0, avg=2.0, last=3.0, bwt=4.0, forgetting=5.0)   # a hand-edited summary
+    out = report_out(capsys, run)
+    assert "| zero-shot | 1 | 65.4 | 65.3 | 65.3 | 0.0 | 0.0 |" in out
+    assert "| Zero-shot CLIP (published, ViT-B/16, order2) |  | 65.4 | 65.3 | 65.3 |" in out
+    assert "| method | metric | " + " | ".join(MTIL_ORDER2) + " | Average |" in out
+    assert "| zero-shot | Transfer | - | 88.5 |" in out and out.count("| zero-shot | Avg | 64.7 | 88.5 |") == 1
+    assert "| zero-shot | Last | 64.7 |" in out and "| 68.2 | 65.4 |" in out
+
+
+def test_round_half_to_even_on_the_binary_value():
+    from mtil.report import fmt
+    assert fmt(np.array([65.35])) == "65.4" and fmt(np.array([0.25])) == "0.2" and fmt(np.array([74.45])) == "74.4"
+    for x in (65.35, 0.25, 0.35, 74.45, 12.05):
+        assert fmt(np.array([x])) == f"{np.around(x, 1):.1f}"
+
+
+def test_a_run_given_twice_or_with_its_folder_counts_once(tmp_path, capsys):
+    run = fake_run(tmp_path / "grid" / "freeze-seed0", [[50.0, 40.0], [45.0, 60.0]], ["Red", "Green"])
+    for argv in ([run, run], [tmp_path / "grid", run], [run, tmp_path / "grid" / ".." / "grid" / "freeze-seed0"]):
+        assert "| freeze | 1 | 40.0 | 48.8 | 52.5 |" in report_out(capsys, *argv)
+
+
+def test_unfinished_runs_under_a_folder_are_named_and_left_out(tmp_path, capsys, caplog):
+    fake_run(tmp_path / "grid" / "freeze-seed0", [[50.0, 40.0], [45.0, 60.0]], ["Red", "Green"])
+    fake_run(tmp_path / "grid" / "freeze-seed1", [[50.0, 40.0]], ["Red", "Green"], "seed=1", complete=False)
+    with caplog.at_level("WARNING"):
+        out = report_out(capsys, tmp_path / "grid")
+    assert "| freeze | 1 |" in out
+    assert any("freeze-seed1 is unfinished, left out" in r.getMessage() for r in caplog.records)
+
+
+def test_runs_on_two_streams_get_a_table_each(tmp_path, capsys):
+    fake_run(tmp_path / "a" / "freeze", [[50.0, 40.0], [45.0, 60.0]], ["Red", "Green"])
+    fake_run(tmp_path / "b" / "freeze", [[70.0, 30.0, 20.0], [65.0, 80.0, 10.0], [60.0, 75.0, 90.0]],
+             ["Blue", "Red", "Green"])
+    out = report_out(capsys, tmp_path / "a", tmp_path / "b")
+    assert "stream: Red, Green" in out and "stream: Blue, Red, Green" in out
+    assert "| freeze (data.order=['Red', 'Green']) | Last | 45.0 | 60.0 | 52.5 |" in out
+    assert "| freeze (data.order=['Blue', 'Red', 'Green']) | Last | 60.0 | 75.0 | 90.0 | 75.0 |" in out
+    assert "| freeze (data.order=['Blue', 'Red', 'Green']) | Transfer | - | 30.0 | 15.0 | 22.5 |" in out
+
+
+def test_configs_differing_only_in_lr_get_labels_json_runs_and_numeric_csv(tmp_path, capsys):
+    for lr, seed, last in (("0.001", 0, 60.0), ("0.001", 1, 62.0), ("0.01", 0, 30.0)):
+        fake_run(tmp_path / f"lr{lr}" / f"freeze-seed{seed}", [[50.0, 40.0], [45.0, last]], ["Red", "Green"],
+                 f"train.lr={lr}", f"seed={seed}")
+    data = json.loads(report_out(capsys, tmp_path, "--format", "json"))
+    assert sorted(data["runs"]) == ["freeze (train.lr=0.001)", "freeze (train.lr=0.01)"]
+    assert len(data["runs"]["freeze (train.lr=0.001)"]) == 2
+    rows = list(csv.reader(io.StringIO(report_out(capsys, tmp_path, "--format", "csv"))))
+    slow = next(r for r in rows if r[:2] == ["freeze (train.lr=0.001)", "2"])
+    assert float(slow[6]) == pytest.approx(53.0) and float(slow[7]) == pytest.approx(np.std([52.5, 53.5], ddof=1), abs=1e-4)
+
+
+def test_results_without_per_dataset_or_summary_still_report(tmp_path, capsys):
+    run = fake_run(tmp_path / "old", [[50.0, 40.0], [45.0, 60.0]], ["Red", "Green"])
+    assert "| old | 1 | 40.0 | 48.8 | 52.5 |" in report_out(capsys, run)
