@@ -26,8 +26,28 @@ from ..errors import MtilError
 from . import prepared
 
 log = logging.getLogger(__name__)
-SKIPPED: Counter = Counter()  # (dataset, split) -> distinct undecodable images skipped in this process
-_SKIPPED_INDICES: dict[tuple[str, str], set[int]] = {}
+class _Skipped(Counter):
+    """(dataset, split) -> distinct undecodable images skipped in this process (an image drawn again counts once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.indices: dict[tuple[str, str], set[int]] = {}
+
+    def add(self, dataset: str, split: str, index: int) -> bool:
+        """Count image `index`; True the first time it is seen."""
+        seen = self.indices.setdefault((dataset, split), set())
+        if index in seen:
+            return False
+        seen.add(index)
+        self[(dataset, split)] += 1
+        return True
+
+    def clear(self) -> None:
+        super().clear()
+        self.indices.clear()
+
+
+SKIPPED = _Skipped()
 
 
 def seed_for(*parts) -> int:
@@ -87,9 +107,7 @@ def decode(record, dataset: str, split: str, index: int, bad_images: str) -> Ima
         return img.convert("RGB")
     except Exception as e:  # PIL raises many types for broken files
         if bad_images == "skip":
-            if index not in _SKIPPED_INDICES.setdefault((dataset, split), set()):   # an image, not a draw of it
-                _SKIPPED_INDICES[(dataset, split)].add(index)
-                SKIPPED[(dataset, split)] += 1
+            if SKIPPED.add(dataset, split, index):
                 log.warning("image %d of %s/%s cannot be decoded (%s); skipped (data.bad_images=skip)", index,
                             dataset, split, type(e).__name__)
             return None
