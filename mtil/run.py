@@ -105,31 +105,7 @@ class Run:
         from accelerate.utils import set_seed
 
         self.cfg, self.out, self.resume = cfg, Path(out), resume
-        if cfg.model.precision not in ("fp32", "bf16", "fp16"):
-            raise MtilError(f"model.precision must be fp32, bf16 or fp16, got {cfg.model.precision!r}")
-        if cfg.moe.router not in ("per_task", "shared"):
-            raise MtilError(f"moe.router must be per_task or shared, got {cfg.moe.router!r}")
-        if not cfg.data.order:
-            raise MtilError("data.order is empty; list the datasets to learn, in order")
-        if not cfg.moe.towers:
-            raise MtilError("moe.towers is empty; adapt at least one tower (image, text)")
-        if cfg.data.bad_images not in ("fail", "skip"):
-            raise MtilError(f"data.bad_images must be fail or skip, got {cfg.data.bad_images!r}")
-        lrs = {"train.lr": cfg.train.lr, **{f"train.lr_per_task.{k}": v for k, v in cfg.train.lr_per_task.items()}}
-        for key, value in lrs.items():
-            if not isinstance(value, (int, float)) or value < 0:
-                raise MtilError(f"{key} must be a non-negative number, got {value!r}")
-        positive = {"train.batch_size": cfg.train.batch_size, "eval.batch_size": cfg.eval.batch_size,
-                    "train.iterations": cfg.train.iterations}
-        if cfg.data.few_shot is not None:
-            positive["data.few_shot"] = cfg.data.few_shot
-        for key, value in positive.items():
-            if value < 1:
-                raise MtilError(f"{key} must be at least 1, got {value}")
-        if cfg.data.num_workers < 0:
-            raise MtilError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
-        if cfg.threads < 0:
-            raise MtilError(f"threads must be >= 0 (0 = torch's default), got {cfg.threads}")
+        # every value was checked against its base.yaml rule when the config was loaded (mtil.config)
         self.accelerator = Accelerator(mixed_precision="no" if cfg.model.precision == "fp32" else cfg.model.precision)
         if self.accelerator.is_main_process:
             prepare_out_dir(self.out, resume)
