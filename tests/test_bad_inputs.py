@@ -468,19 +468,24 @@ def bad_value(rule: str):
     return "bogus-choice"
 
 
-def key_cases():
-    import yaml
-    rules = config.schema_rules(config.resolve_path("base.yaml"))
-    out = []
-    for key, rule in rules.items():
-        if rule is None:
-            continue
-        value = bad_value(rule)
-        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+SCHEMAS = ("base.yaml", "plasticity/base.yaml")
 
-        def case(t, key=key, text=text):
-            return tiny(t.data, f"--set={key}={text}", "--out", t.out), [f"'{key}'"], "nothing created"
-        out.append(pytest.param(case, id=f"key:{key}={text}"))
+
+def key_cases():
+    """One row per key of each schema: `mtil run` (or `mtil plasticity`) with a value the key's rule refuses."""
+    import yaml
+    out = []
+    for schema in SCHEMAS:
+        for key, rule in config.schema_rules(config.resolve_path(schema)).items():
+            if rule is None:
+                continue
+            text = yaml.safe_dump(bad_value(rule), default_flow_style=True).strip().removesuffix("...").strip()
+
+            def case(t, key=key, text=text, schema=schema):
+                if schema == "base.yaml":
+                    return tiny(t.data, f"--set={key}={text}", "--out", t.out), [f"'{key}'"], "nothing created"
+                return ["plasticity", f"--set={key}={text}", "--out", t.out], [f"'{key}'"], "nothing created"
+            out.append(pytest.param(case, id=f"{schema.split('/')[0].removesuffix('.yaml')}:{key}={text}"))
     return out
 
 
@@ -498,19 +503,20 @@ def issue_cases():
     return [make(o) for o in ISSUE_VALUES]
 
 
-COMMANDS = ("run", "report", "compare", "prepare", "demo")
+COMMANDS = ("run", "report", "compare", "prepare", "demo", "plasticity")
 
 
-def test_every_key_has_a_rule_that_its_default_meets():
-    """The contract: a key added to base.yaml without an allowed-values rule (or with a default the rule refuses)
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_every_key_has_a_rule_that_its_default_meets(schema):
+    """The contract: a key added to a schema without an allowed-values rule (or with a default the rule refuses)
     fails here."""
     import yaml
-    path = config.resolve_path("base.yaml")
+    path = config.resolve_path(schema)
     rules = config.schema_rules(path)
     defaults = report_flatten(yaml.safe_load(path.read_text()))
     assert set(rules) == set(defaults)
     missing = sorted(k for k, r in rules.items() if r is None)
-    assert not missing, f"keys without a `rule` in base.yaml: {missing}"
+    assert not missing, f"keys without a `rule` in {schema}: {missing}"
     for key, rule in rules.items():
         assert config.matches(rule, defaults[key]), (key, rule, defaults[key])
         assert not config.matches(rule, bad_value(rule)), (key, rule)
