@@ -3,7 +3,8 @@
 Per task: a fresh AdamW over the adapters with the task's learning rate and timm's cosine schedule with
 warm-up (stepped per update); CLIP logits of the batch against the task's class prompts (first template),
 cross-entropy with label smoothing, plus the load-balancing loss when its weight is > 0. The `SliceGuard`
-keeps frozen / inactive experts and the other tasks' routers bit-identical. A non-finite loss stops the run
+keeps frozen / inactive experts and the other tasks' routers bit-identical. The task's router is opened to every
+active expert at the start and closed to the experts active at the end (`AdaptedCLIP.close_router`). A non-finite loss stops the run
 before anything is written, so the last checkpoint stays the last good one.
 """
 from __future__ import annotations
@@ -49,6 +50,7 @@ def fit_task(*, accelerator, model, adapted, policy: Policy, tracker, task: Task
     if start_step == 0:
         tracker.new_window()
         tracker.reset_router_mass()  # router-weight snapshots never straddle two tasks
+        adapted.open_router(router)  # it may select every active expert, including those grown from here on
         policy.begin_task(ctx)
     tokens = tokenizer([p[0] for p in task.prompts(all_templates=False)]).to(accelerator.device)
     loader = train_loader(task, transform, seed=cfg.seed, task_index=task_index, start=start_step, stop=iterations,
@@ -89,6 +91,7 @@ def fit_task(*, accelerator, model, adapted, policy: Policy, tracker, task: Task
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
     adapted.routing.tracking = adapted.routing.balance = False
     policy.end_task(ctx)
+    adapted.close_router(router)     # later growth cannot reach this task's router (kept in the checkpoint)
     tracker.end_task()
     guard.remove()
     skipped = SKIPPED.get((task.name, "train"), 0)

@@ -31,6 +31,11 @@ def test_contract_three_tasks_checkpoint_round_trip_and_exact_resume(name, tiny_
     assert main(["run", *args, "--out", str(tmp_path / "full")]) == 0
     full = results(tmp_path / "full")
     assert full["complete"] and len(full["matrix"]) == 3
+    assert [p["task"] for p in full["params"]] == full["tasks"]
+    assert all(p["active_experts"] > 0 and 0 < p["per_sample"] <= p["active_experts"] for p in full["params"])
+    if name == "grow":  # each task's router was closed on the experts active at its end (g = 2 per task)
+        closed = adapters(tmp_path / "full")["image.0.router_experts"]
+        assert closed.sum(1).tolist() == [2, 4, 6] and closed[0, :2].all()
 
     original = UsageTracker.snapshot_router
 
@@ -127,6 +132,24 @@ def test_merge_waits_for_warmup_and_period_and_skips_without_a_free_slot(clip):
     assert policy.events[0]["action"] == "merge-skipped" and "no eligible" in policy.events[0]["reason"]
 
 
+@pytest.mark.parametrize("last_step", ["skip", "merge"])
+def test_a_merge_due_on_the_last_step_of_a_task(clip, last_step):
+    """Default skip: the merged expert would otherwise be frozen / evaluated without one training step."""
+    cfg, model, tracker, policy = merge_setup(clip.model, last_step=last_step)
+    layer = model.layers[0]
+    layer.window_counts[:] = torch.tensor([5, 40, 3, 30, 0, 1])
+    before = layer.w_up.detach().clone()
+    last = cfg.train.iterations
+    policy.after_step(TrainContext(0, "Red", last, last))
+    actions = {e["action"] for e in policy.events}
+    if last_step == "skip":
+        assert torch.equal(layer.w_up.detach(), before)
+        assert policy.events == [dict(policy.events[0], action="merge-skipped", tower=None, experts=[])]
+        assert "last step" in policy.events[0]["reason"] and policy.events[0]["step"] == last
+    else:
+        assert "merge" in actions and torch.equal(layer.w_up.detach()[4], (before[1] + before[3]) / 2)  # c = 4
+
+
 def test_merge_copy_router_and_frozen_sources_options(clip):
     cfg, model, tracker, policy = merge_setup(clip.model, copy_router="true", frozen_sources="false")
     layer = model.layers[0]
@@ -136,19 +159,21 @@ def test_merge_copy_router_and_frozen_sources_options(clip):
     layer.window_counts[:] = torch.tensor([5, 40, 3, 30, 0, 1])
     router = layer.router.detach().clone()
     w = layer.w_down.detach().clone()
-    policy.after_step(TrainContext(0, "Red", 10, 10))
+    policy.after_step(TrainContext(1, "Green", 10, 10))
     assert policy.events[0]["experts"] == [3, 0, 4]  # a=3, b=0 (1 is frozen), c=4 (least used free slot)
     assert torch.equal(layer.w_down.detach()[4], (w[3] + w[0]) / 2)
-    assert torch.equal(layer.router.detach()[:, :, 4], (router[:, :, 3] + router[:, :, 0]) / 2)
+    assert torch.equal(layer.router.detach()[1, :, 4], (router[1, :, 3] + router[1, :, 0]) / 2)
+    assert torch.equal(layer.router.detach()[0], router[0])  # task 1's merge leaves task 0's router alone
 
 
-def grow_model(clip_model, g, max_experts=8, hidden=16):
-    cfg = config.load(None, ["policy.name=grow", f"policy.grow.granularity={g}", f"moe.num_experts={max_experts}",
-                             f"moe.hidden={hidden}", "moe.top_k=1"])
-    kwargs = policies.moe_overrides(cfg)
+def grow_model(clip_model, g, tasks=4, hidden=16, top_k=1, **grow):
+    cfg = config.load(None, ["policy.name=grow", f"policy.grow.granularity={g}", f"moe.hidden={hidden}", f"moe.top_k={top_k}",
+                             f"data.order=[{','.join(f't{i}' for i in range(tasks))}]"]
+                      + [f"policy.grow.{k}={v}" for k, v in grow.items()])
+    kwargs = dict(top_k=1, hidden=hidden, num_routers=tasks)
+    kwargs.update(policies.moe_overrides(cfg))
     torch.manual_seed(0)
-    model = moe.attach(copy.deepcopy(clip_model), num_experts=max_experts, top_k=1, num_routers=1,
-                       hidden=kwargs.get("hidden", hidden))
+    model = moe.attach(copy.deepcopy(clip_model), **kwargs)
     tracker = UsageTracker(model)
     policy = policies.build(cfg, model, tracker)
     policy.setup()
@@ -158,11 +183,14 @@ def grow_model(clip_model, g, max_experts=8, hidden=16):
 def test_grow_raises_active_experts_and_params_at_each_growth_point(clip):
     model, policy = grow_model(clip.model, g=2)
     layer = model.layers[0]
-    assert layer.hidden == 8  # h / g
+    assert layer.num_experts == 8 and layer.top_k == 2  # g x tasks slots; top_k x g
+    # DynamicMoE's width from the final count: 8 experts within the budget of 4 experts of width 16 (d = 128)
+    assert layer.hidden == (4 * (16 * 257 + 128) - 8 * 128) // (8 * 257) == 7
     per_expert = layer.expert_numel() + 2 * layer.dim  # expert + one router and one noise column
     counts = [model.param_counts()["active"]]
     for t in range(1, 4):
         opt = optim.build_optimizer(model, 1e-2, 0.0)
+        model.close_router(t - 1)
         policy.begin_task(TrainContext(t, f"task{t}", 0, t * 10, opt))
         assert all(int(layer.active.sum()) == 2 * (t + 1) for layer in model.layers)
         counts.append(model.param_counts()["active"])
@@ -172,41 +200,73 @@ def test_grow_raises_active_experts_and_params_at_each_growth_point(clip):
 
 
 def test_new_experts_train_on_the_next_step(clip):
-    model, policy = grow_model(clip.model, g=1)
+    model, policy = grow_model(clip.model, g=1, top_k=2)  # both active experts run for every sample
     opt = optim.build_optimizer(model, 1e-2, 0.0)
-    guard = optim.SliceGuard(model, opt, router=0)
+    guard = optim.SliceGuard(model, opt, router=1)
+    model.close_router(0)
     policy.begin_task(TrainContext(1, "t", 0, 10, opt))
     layer = model.layers[0]
     before = [t.detach()[1].clone() for t in layer.expert_tensors()]
     inactive = [t.detach()[2].clone() for t in layer.expert_tensors()]
-    with torch.no_grad():
-        for l in model.layers:  # make the router pick the new expert for every sample
-            l.router[0, :, 1] = 0
-            l.router[0, :, 0] = -1e3 * l.router.new_ones(l.dim) / l.dim ** 0.5
     model.train()
     images, tokens = torch.randn(4, 3, 32, 32), clip.tokenizer(["a", "b"])
-    F.cross_entropy(model(images, tokens, 0), torch.tensor([0, 1, 0, 1])).backward()
+    F.cross_entropy(model(images, tokens, 1), torch.tensor([0, 1, 0, 1])).backward()
     opt.step()
     guard.remove()
     assert any(not torch.equal(t.detach()[1], b) for t, b in zip(layer.expert_tensors(), before))
     assert all(torch.equal(t.detach()[2], b) for t, b in zip(layer.expert_tensors(), inactive))  # not grown yet
 
 
-def test_granularities_end_within_5_percent_in_active_params():
-    """DynamicMoE's matching at the reference width (d=768, h=64): g experts of width h/g per growth point."""
-    stages, finals = 4, {}
+def test_an_old_tasks_outputs_are_unchanged_across_a_growth(clip):
+    """Per-task routers: task 0's router, closed at its end, never reaches the experts grown for task 1."""
+    model, policy = grow_model(clip.model, g=2, router_init="random")
+    images, tokens = torch.randn(6, 3, 32, 32), clip.tokenizer(["a", "b", "c"])
+    opt = optim.build_optimizer(model, 1e-2, 0.0)
+    guard = optim.SliceGuard(model, opt, router=0)
+    model.train()
+    for _ in range(3):  # task 0 trains its router and its experts
+        F.cross_entropy(model(images, tokens, 0), torch.arange(6) % 3).backward()
+        opt.step()
+        opt.zero_grad()
+    guard.remove()
+    with torch.no_grad():  # task 0's router dislikes its own experts: a zero column would win without the mask
+        for layer in model.layers:
+            layer.router[0] -= 5.0 / layer.dim ** 0.5
+    model.close_router(0)
+    router0 = [layer.router.detach()[0].clone() for layer in model.layers]
+    model.eval()
+    old_img, old_txt = model.encode_image(images, 0), model.encode_text(tokens, 0)
+    model.open_router(1)
+    policy.begin_task(TrainContext(1, "t1", 0, 3, optim.build_optimizer(model, 1e-2, 0.0)))
+    assert all(int(layer.active.sum()) == 4 for layer in model.layers)
+    assert all(torch.equal(layer.router.detach()[0], r) for layer, r in zip(model.layers, router0))  # closed: untouched
+    assert torch.equal(model.encode_image(images, 0), old_img)
+    assert torch.equal(model.encode_text(tokens, 0), old_txt)
+    model.open_router(0)  # without the mask task 0 would now reach the new experts
+    assert not torch.allclose(model.encode_image(images, 0), old_img)
+
+
+@pytest.mark.parametrize("tasks", [1, 3, 11, 25])
+def test_granularities_match_active_and_per_sample_params_on_any_number_of_tasks(tasks):
+    """Default settings, ViT-B-16's widths (image 768, text 512): g1 / g2 / g4 within 5% after every task, both in
+    active expert parameters and in the expert parameters one sample runs through."""
+    order = "[" + ",".join(f"t{i}" for i in range(tasks)) + "]"
+    per_task = {}
     for g in (1, 2, 4):
-        cfg = config.load(None, ["policy.name=grow", f"policy.grow.granularity={g}", f"moe.num_experts={g * stages}",
-                                 "moe.hidden=64", "moe.noisy_gating=false"])
+        cfg = config.load(None, ["policy.name=grow", f"policy.grow.granularity={g}", f"data.order={order}"])
+        kw = policies.moe_overrides(cfg)
         routing = moe.Routing()
-        layer = moe.MoEAdapter(768, g * stages, policies.moe_overrides(cfg)["hidden"], 2, 1, "topk", False, 0.1, 0.1, routing)
-        model = moe.AdaptedCLIP(torch.nn.Module(), [layer], routing)
+        layers = [moe.MoEAdapter(d, kw["num_experts"], kw["hidden"](d), kw["top_k"], 1, "topk", False, 0.1, 0.1,
+                                 routing, tower=tower) for tower, d in (("image", 768), ("text", 512))]
+        model = moe.AdaptedCLIP(torch.nn.Module(), layers, routing)
         policy = policies.build(cfg, model, UsageTracker(model))
         policy.setup()
-        for t in range(1, stages):
+        per_task[g] = [model.param_counts()]
+        for t in range(1, tasks):
             policy.begin_task(TrainContext(t, f"t{t}", 0, t))
-        assert int(layer.active.sum()) == g * stages
-        finals[g] = model.param_counts()
-    for key in ("active", "active_experts"):
-        values = [c[key] for c in finals.values()]
-        assert (max(values) - min(values)) / max(values) <= 0.05, (key, finals)
+            per_task[g].append(model.param_counts())
+        assert all(int(layer.active.sum()) == g * tasks for layer in layers)
+    for t in range(tasks):
+        for key in ("active_experts", "per_sample"):
+            values = [per_task[g][t][key] for g in (1, 2, 4)]
+            assert (max(values) - min(values)) / max(values) <= 0.05, (t, key, values)

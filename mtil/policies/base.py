@@ -65,6 +65,10 @@ class Policy:
     def end_task(self, ctx: TrainContext) -> None:
         pass
 
+    def router_of(self, ctx: TrainContext) -> int:
+        """The router the current task trains (its own with per-task routers, else the shared one)."""
+        return ctx.task if self.cfg.moe.router == "per_task" else 0
+
     def log(self, ctx: TrainContext, action: str, layer, experts: list[int], **extra) -> None:
         self.events.append({"step": ctx.global_step, "task": ctx.task, "task_name": ctx.task_name,
                             "tower": None if layer is None else layer.tower,

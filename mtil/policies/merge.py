@@ -3,14 +3,21 @@
 Every `merge.every` steps of a task (after `merge.warmup` steps), in every layer: the two experts selected most
 often in the current window, a and b, are averaged (every expert tensor, W = (W_a + W_b) / 2) into the
 least-used non-frozen slot c (c not in {a, b}); c's optimizer state is reset and the window restarts. The router
-keeps learning whether to pick the merged expert. With `merge.window` set, only the last `window` steps before a
+keeps learning whether to pick the merged expert; `copy_router` writes the mean of a's and b's columns into c's
+column of the current task's router only. With `merge.window` set, only the last `window` steps before a
 merge are counted. A layer with fewer than two selected experts or no eligible slot is skipped and logged.
+A merge due on the task's last step is skipped and logged (`merge.last_step: skip`): its target would otherwise
+be frozen or evaluated without a single training step; `merge.last_step: merge` performs it (earlier mtil).
 """
+import logging
+
 import torch
 
 from .. import optim
 from .base import TrainContext, register
 from .freeze import Freeze
+
+log = logging.getLogger(__name__)
 
 
 @register("merge")
@@ -24,6 +31,12 @@ class Merge(Freeze):
         if mc.window is not None and mc.window < mc.every and step % mc.every == mc.every - mc.window:
             self.tracker.new_window()
         if step < mc.warmup or step % mc.every != 0:
+            return
+        if step >= self.cfg.train.iterations and mc.last_step == "skip":
+            log.info("task %s: the merge due on its last step (%d) is skipped (policy.merge.last_step=skip)",
+                     ctx.task_name, step)
+            self.log(ctx, "merge-skipped", None, [], reason="last step of the task: the merged expert would be "
+                                                            "evaluated without a training step (merge.last_step)")
             return
         for layer, counts in zip(self.model.layers, self.tracker.window()):
             self.merge_layer(ctx, layer, counts)
@@ -46,9 +59,10 @@ class Merge(Freeze):
         c = int(torch.argmin(counts.masked_fill(~eligible, torch.iinfo(counts.dtype).max)))
         for tensor in layer.expert_tensors():
             tensor.data[c] = (tensor.data[a] + tensor.data[b]) / 2
-        if mc.copy_router:
+        if mc.copy_router:  # only the current task's router: the others are never written
+            r = self.router_of(ctx)
             for tensor in layer.router_tensors():
-                tensor.data[:, :, c] = (tensor.data[:, :, a] + tensor.data[:, :, b]) / 2
+                tensor.data[r, :, c] = (tensor.data[r, :, a] + tensor.data[r, :, b]) / 2
         if ctx.optimizer is not None:
             optim.reset_state(ctx.optimizer, layer, c, router_column=mc.copy_router)
         self.log(ctx, "merge", layer, [a, b, c], counts=[int(counts[a]), int(counts[b]), int(counts[c])])
