@@ -22,6 +22,7 @@ COMMANDS = {
     "prepare": ("prepare", "convert a dataset into mtil's prepared on-disk format"),
     "plasticity": ("plasticity", "the DynamicMoE plasticity study (chunked continual stream)"),
     "bench": ("bench", "speed and memory ratios measured in one run"),
+    "rl": ("rl", "DynamicMoE in RL: PPO with MoE-SimBa blocks (needs the [rl] extra); --compare for the study"),
 }
 
 
