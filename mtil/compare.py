@@ -19,14 +19,24 @@ log = logging.getLogger(__name__)
 
 
 def cell_status(cell: Path) -> str:
-    if (cell / "results.json").exists() and rundir.read_results(cell).get("complete"):
-        return "done"
-    return "partial" if (cell / CHECKPOINT).exists() else "new"
+    """done / partial (a checkpoint to resume from; a damaged results.json is rewritten by the resume) / new."""
+    has_checkpoint = (cell / CHECKPOINT).exists()
+    if (cell / "results.json").exists():
+        try:
+            if rundir.read_results(cell).get("complete"):
+                return "done"
+        except MtilError:
+            if not has_checkpoint:
+                raise
+    return "partial" if has_checkpoint else "new"
+
+
+def _comparable(cfg: dict) -> dict:
+    return report.flatten({**report.stripped_config(cfg), "seed": cfg.get("seed")})
 
 
 def _differences(saved: dict, now: dict) -> list[str]:
-    keep_seed = lambda c: {**report.stripped_config(c), "seed": c.get("seed")}  # noqa: E731
-    old, new = report.flatten(keep_seed(saved)), report.flatten(keep_seed(now))
+    old, new = _comparable(saved), _comparable(now)
     return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k)]
 

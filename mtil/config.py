@@ -149,8 +149,9 @@ def validate(data: dict, schema: dict, where: str = "", rules: dict | None = Non
         if isinstance(default, float):
             value = _as_float(value)
         if not _type_ok(default, value):
+            rule = rules.get(full)
             raise MtilError(f"config key '{full}' must be {type(default).__name__} (default {default!r}), "
-                            f"got {type(value).__name__} {value!r}")
+                            f"got {type(value).__name__} {value!r}{'; allowed: ' + describe(rule) if rule else ''}")
         if isinstance(default, dict) and default and isinstance(value, dict):
             value = validate(value, default, full + ".", rules)
         else:

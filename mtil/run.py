@@ -16,9 +16,8 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-import yaml
 
-from . import backbone, checkpoint, config, metrics, moe, policies
+from . import backbone, checkpoint, config, metrics, moe, policies, rundir
 from .config import Config
 from .data import pipeline
 from .errors import MtilError, NonFiniteLoss
@@ -156,7 +155,7 @@ class Run:
         self.accelerator.wait_for_everyone()
 
     def load(self) -> None:
-        saved_cfg = yaml.safe_load((self.out / "config.yaml").read_text()) if (self.out / "config.yaml").exists() else None
+        saved_cfg = rundir.read_config(self.out) if (self.out / "config.yaml").exists() else None
         try:
             state = torch.load(self.out / CHECKPOINT, map_location="cpu", weights_only=False)
         except Exception as e:

@@ -80,6 +80,13 @@ def test_compare_runs_the_grid_then_skips_finished_cells(tmp_path, stream_root, 
     assert (tmp_path / "grid" / "merge-seed1" / "results.json").stat().st_mtime_ns == stamp
     assert ("reused 4 finished cell(s) with the same resolved config: none-seed0, none-seed1, merge-seed0, "
             "merge-seed1") in capsys.readouterr().out
+    # a damaged results.json of a finished cell is rewritten from its checkpoint by a resume, not reused or fatal
+    damaged = tmp_path / "grid" / "none-seed1" / "results.json"
+    good = json.loads(damaged.read_text())
+    damaged.write_text(damaged.read_text()[:30])
+    assert main(args) == 0
+    assert "reused 3 finished cell(s)" in capsys.readouterr().out
+    assert json.loads(damaged.read_text())["matrix"] == good["matrix"]
 
 
 def test_compare_rejects_unknown_policy(tmp_path, capsys):
