@@ -4,21 +4,36 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import MtilError
+
+#: (kernel, stride, padding) of the three convolutions of each trunk kind
+CONVS = {"nature": ((8, 4, 3), (4, 2, 2), (3, 1, 1)),  # the reference's Nature-DQN CNN
+         "stride2": ((3, 2, 1), (3, 2, 1), (3, 2, 1))}
+
 
 class ConvTrunk(nn.Module):
-    """Three 3x3 stride-2 convolutions with ReLU, then adaptive average pooling to pool x pool, flattened."""
+    """Three convolutions with ReLU (`kind`: nature | stride2), optionally adaptive average pooling to
+    pool x pool, flattened. The reference flattens the Nature CNN's map without pooling (pool = None)."""
 
-    def __init__(self, in_channels: int, channels: list[int], pool: int):
+    def __init__(self, in_channels: int, channels: list[int], pool: int | None, image_size: int,
+                 kind: str = "nature"):
         super().__init__()
+        if kind not in CONVS:
+            raise MtilError(f"model.cnn must be one of {', '.join(CONVS)}, got '{kind}'")
         if len(channels) != 3:
-            raise ValueError("the study's CNN has exactly three conv layers")
-        layers, c_in = [], in_channels
-        for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.ReLU()]
-            c_in = c
-        layers += [nn.AdaptiveAvgPool2d(pool), nn.Flatten()]
+            raise MtilError("the study's CNN has exactly three conv layers; model.cnn_channels must list 3 widths")
+        layers, c_in, size = [], in_channels, image_size
+        for c, (k, s, p) in zip(channels, CONVS[kind]):
+            layers += [nn.Conv2d(c_in, c, k, stride=s, padding=p), nn.ReLU()]
+            c_in, size = c, (size + 2 * p - k) // s + 1
+        if size < 1:
+            raise MtilError(f"images of size {image_size} are too small for the {kind} CNN; raise data.image_size")
+        if pool is not None:
+            layers.append(nn.AdaptiveAvgPool2d(pool))
+            size = pool
+        layers.append(nn.Flatten())
         self.net = nn.Sequential(*layers)
-        self.out_dim = channels[-1] * pool * pool
+        self.out_dim = channels[-1] * size * size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -10,8 +10,9 @@ from ..errors import MtilError
 class ChunkStream:
     """Seeded split of `num_examples` indices (optionally a random subset of `keep`) into `chunks` disjoint chunks.
 
-    Chunks are numbered from 1. `sample(c, n, generator)` draws n indices uniformly, with replacement, from the
-    union of chunks 1..c, so earlier chunks are retained and keep a share (c - 1) / c of every batch on average.
+    Chunks are numbered from 1. Earlier chunks are retained, as in the reference (its buffer holds the whole
+    dataset): `batches(c, n, generator)` walks the union of chunks 1..c in reshuffled epochs of batches of n (the
+    last batch of an epoch may be smaller), like the reference's shuffling DataLoader; `sample` draws uniformly.
     """
 
     def __init__(self, num_examples: int, chunks: int, seed: int, keep: int | None = None):
@@ -31,6 +32,12 @@ class ChunkStream:
     def seen(self, c: int) -> torch.Tensor:
         """Indices of chunks 1..c."""
         return self._seen[c - 1]
+
+    def batches(self, c: int, n: int, generator: torch.Generator):
+        """Endless index batches over chunks 1..c: each epoch is a fresh permutation split into batches of n."""
+        pool = self._seen[c - 1]
+        while True:
+            yield from pool[torch.randperm(len(pool), generator=generator)].split(n)
 
     def sample(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
         pool = self._seen[c - 1]

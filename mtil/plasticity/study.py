@@ -54,9 +54,14 @@ def fingerprint(cfg) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- models
-def build_model(name: str, cfg) -> PlasticityNet:
-    cnn = ConvTrunk(cfg.data.channels, list(cfg.model.cnn_channels), cfg.model.pool)
-    return PlasticityNet(cnn, registry.build(name, cnn.out_dim, cfg.data.num_classes, cfg.methods))
+def build_model(name: str, cfg, image_size: int | None = None) -> PlasticityNet:
+    """CNN trunk + method `name`; `image_size` (the data's) is needed when data.image_size is null."""
+    size = cfg.data.image_size or image_size
+    if size is None:
+        raise MtilError("data.image_size is null, so the MLP input width is unknown before loading the data; "
+                        "set data.image_size")
+    cnn = ConvTrunk(cfg.data.channels, list(cfg.model.cnn_channels), cfg.model.pool, size, cfg.model.cnn)
+    return PlasticityNet(cnn, registry.build(name, cnn.out_dim, cfg.data.num_classes, cfg.methods, cfg.study.chunks))
 
 
 def param_rows(cfg, methods: list[str]) -> list[dict]:
@@ -70,7 +75,8 @@ def param_rows(cfg, methods: list[str]) -> list[dict]:
             model.mlp.grow()
         rows.append({"method": name, "label": registry.label(name), "active_first": first,
                      "active_final": model.mlp.active_params(), "stored_final": n_params(model.mlp),
-                     "trainable_final": n_params(model.mlp, trainable_only=True), "cnn": n_params(model.cnn)})
+                     "trainable_final": n_params(model.mlp, trainable_only=True), "cnn": n_params(model.cnn),
+                     "mlp_in": model.cnn.out_dim})
     ref = rows[0]["active_final"]
     for r in rows:
         r["ratio"] = r["active_final"] / ref
@@ -84,44 +90,58 @@ def params_markdown(rows: list[dict], chunks: int) -> str:
         lines.append(f"| {r['label']} | {r['active_first']:,} | {r['active_final']:,} | {r['ratio']:.3f} | "
                      f"{r['stored_final']:,} | {r['trainable_final']:,} |")
     if rows:
-        lines.append(f"\nShared CNN trunk: {rows[0]['cnn']:,} parameters (trained by every method, never expanded).")
+        lines.append(f"\nShared CNN trunk: {rows[0]['cnn']:,} parameters (trained by every method, never expanded); "
+                     f"MLP input width {rows[0]['mlp_in']:,}. Active = the reference's count_active_params; "
+                     f"stored includes experts / widths allocated up front but not yet used.")
     return "\n".join(lines)
 
 
 def make_optimizer(model: torch.nn.Module, tcfg, old: torch.optim.Optimizer | None = None):
-    """An optimizer over every parameter that requires gradients (call again after each expansion)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if tcfg.optimizer == "adam":
+    """An optimizer over all the model's parameters, as the reference builds it at every chunk start. A
+    parameter steps only when it holds a gradient: experts / columns not yet used never get one; frozen ones
+    keep the last gradient they got while train.zero_grad is false (as in the reference, where they drift until
+    clipping has shrunk it away), none when it is true. With train.keep_optimizer_state, parameters keep the
+    state they had in `old`."""
+    params = list(model.parameters())
+    if tcfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, foreach=True)
+    elif tcfg.optimizer == "adam":
         opt = torch.optim.Adam(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, foreach=True)
     elif tcfg.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay,
                               foreach=True)
     else:
-        raise MtilError(f"train.optimizer must be adam or sgd, got '{tcfg.optimizer}'")
+        raise MtilError(f"train.optimizer must be adamw, adam or sgd, got '{tcfg.optimizer}'")
     if old is not None and tcfg.keep_optimizer_state:
-        carry_state(old, opt, getattr(getattr(model, "mlp", model), "moved", []))
+        for p in params:
+            if p in old.state:
+                opt.state[p] = old.state[p]
     return opt
 
 
-def carry_state(old: torch.optim.Optimizer, new: torch.optim.Optimizer, moved) -> None:
-    """Copy per-parameter state from `old` to `new`: unchanged parameters keep theirs; a parameter that replaced
-    an old one (grown by the expansion) gets the old state in its leading block and zeros elsewhere (its new
-    entries inherit the step count)."""
-    params = {p for group in new.param_groups for p in group["params"]}
-    for p in params:
-        if p in old.state:
-            new.state[p] = old.state[p]
-    for before, after in moved:
-        if after not in params or before not in old.state:
-            continue
-        state = {}
-        for key, value in old.state[before].items():
-            if torch.is_tensor(value) and value.shape == before.shape:
-                grown = torch.zeros_like(after)
-                grown[tuple(slice(0, n) for n in before.shape)] = value
-                value = grown
-            state[key] = value
-        new.state[after] = state
+def warmup_lr(tcfg, step_in_chunk: int, steps_per_chunk: int) -> float:
+    """The reference schedule: lr * i / W for the first W = int(warmup_ratio * steps) steps of a chunk, then lr."""
+    warm = int(tcfg.warmup_ratio * steps_per_chunk)
+    return tcfg.lr * step_in_chunk / warm if step_in_chunk < warm else tcfg.lr
+
+
+def augment(images: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Per image: a random size x size crop of the zero-padded image (torchvision RandomCrop(size, padding=pad))
+    and a horizontal flip with p = 0.5. `images` is uint8 [B, C, S, S]; so is the result."""
+    b, _, h, w = images.shape
+    if pad:
+        padded = F.pad(images, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator).to(images.device)
+        ox = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator).to(images.device)
+        rows = (oy + torch.arange(h, device=images.device))[:, None, :, None]   # [B, 1, H, 1]
+        cols = (ox + torch.arange(w, device=images.device))[:, None, None, :]   # [B, 1, 1, W]
+        batch = torch.arange(b, device=images.device)[:, None, None, None]
+        chan = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+        images = padded[batch, chan, rows, cols]
+    if flip:
+        do = (torch.rand(b, generator=generator) < 0.5).to(images.device)[:, None, None, None]
+        images = torch.where(do, images.flip(-1), images)
+    return images
 
 
 # ---------------------------------------------------------------------------------------------------- one run
@@ -178,32 +198,44 @@ def run_one(cfg, name: str, seed: int, data: Data) -> dict:
     labels = noisy_labels(data.labels.cpu(), cfg.data.label_noise, cfg.data.num_classes, seed).to(device)
     sampler = torch.Generator().manual_seed(seed + 7919)
     eval_rng = np.random.default_rng([seed, 2])
-    model = build_model(name, cfg).to(device)
-    steps, bs, every = cfg.study.steps_per_chunk, cfg.train.batch_size, cfg.train.log_every
+    model = build_model(name, cfg, data.images.shape[-1]).to(device)
+    tcfg = cfg.train
+    steps, bs, every = cfg.study.steps_per_chunk, tcfg.batch_size, tcfg.log_every
     record = {"method": name, "label": registry.label(name), "seed": seed, "steps": [], "train_acc": [],
               "train_loss": [], "chunks": []}
     from tqdm.auto import tqdm
 
     bar = tqdm(total=steps * cfg.study.chunks, desc=f"{name} seed {seed}", unit="step", leave=False,
                disable=None if log.isEnabledFor(logging.INFO) else True)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tcfg.amp and device.type == "cuda")
     opt, step, start, cpu_start = None, 0, time.time(), time.process_time()
     for c in range(1, cfg.study.chunks + 1):
         if c > 1:
             model.mlp.grow()
             model.mlp.to(device)
-        opt = make_optimizer(model, cfg.train, old=opt)  # covers the parameters the expansion just added
+        opt = make_optimizer(model, tcfg, old=opt)  # a fresh one per chunk, as the reference
+        batches = stream.batches(c, bs, sampler)
         acc_sum = torch.zeros((), device=device)
         loss_sum = torch.zeros((), device=device)
         seen_in_window = 0
         for i in range(steps):
-            idx = stream.sample(c, bs, sampler).to(device)
-            x = (data.images[idx].float() - data.mean) / data.std
+            for group in opt.param_groups:
+                group["lr"] = warmup_lr(tcfg, i, steps)
+            idx = next(batches).to(device)
+            images = data.images[idx]
+            if tcfg.crop_pad or tcfg.hflip:
+                images = augment(images, tcfg.crop_pad, tcfg.hflip, sampler)
+            x = (images.float() - data.mean) / data.std
             y = labels[idx]
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            extra = model.mlp.extra_loss()
-            opt.zero_grad(set_to_none=True)
+            with amp:
+                logits = model(x).float()
+                loss = F.cross_entropy(logits, y)
+                extra = model.mlp.extra_loss()
+            if tcfg.zero_grad:
+                model.zero_grad(set_to_none=True)
             (loss if extra is None else loss + extra).backward()
+            if tcfg.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_grad_norm)
             opt.step()
             step += 1
             acc_sum += (logits.detach().argmax(1) == y).sum()

@@ -1,7 +1,9 @@
 """Registry of MLP expansion methods. A method is an `ExpandableMLP` registered with `@register("name")`.
 
-The runner builds a method with `build(name, in_dim, num_classes, methods_cfg)`, calls `expand()` at the start
-of every chunk after the first, and rebuilds the optimizer over the parameters that still require gradients.
+The runner builds a method with `build(name, in_dim, num_classes, methods_cfg, chunks)`, calls `grow()` at the
+start of every chunk after the first, and rebuilds the optimizer over the parameters that still require gradients.
+Methods that, like the reference code, allocate their final size up front and use a growing part of it keep the
+same parameters across `grow()`; the unused part gets no gradient.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ class ExpandableMLP(nn.Module):
     """Maps CNN features [B, in_dim] to logits [B, num_classes] and grows at chunk starts.
 
     Subclasses set `label` (figure / table name) and implement `forward`, `expand` (may be a no-op) and
-    `active_params` (parameters that take part in computing the output for one input).
+    `active_params`: the parameters that contribute to the output, counted as the reference's
+    `count_active_params` counts them.
     """
 
     label = ""
@@ -25,18 +28,11 @@ class ExpandableMLP(nn.Module):
     def __init__(self):
         super().__init__()
         self.chunk = 1
-        self.moved: list[tuple[nn.Parameter, nn.Parameter]] = []
 
     def grow(self) -> None:
         """Called by the runner at the start of chunk 2, 3, ...; counts chunks and calls `expand`."""
         self.chunk += 1
-        self.moved = []
         self.expand()
-
-    def replaced(self, old: nn.Parameter, new: nn.Parameter) -> None:
-        """Record, during `expand`, that `new` replaces `old`, whose values are `new`'s leading block
-        (`new[:old.shape[0], :old.shape[1], ...]`), so optimizer state can follow (train.keep_optimizer_state)."""
-        self.moved.append((old, new))
 
     def expand(self) -> None:
         raise NotImplementedError
@@ -92,9 +88,10 @@ def check(names_: list[str]) -> list[str]:
     return names_
 
 
-def build(name: str, in_dim: int, num_classes: int, methods_cfg) -> ExpandableMLP:
+def build(name: str, in_dim: int, num_classes: int, methods_cfg, chunks: int) -> ExpandableMLP:
+    """Method `name` for `chunks` chunks (its last expansion happens at the start of chunk `chunks`)."""
     entry = REGISTRY[check([name])[0]]
-    return entry.cls(in_dim, num_classes, methods_cfg[entry.config_key], **entry.kwargs)
+    return entry.cls(in_dim, num_classes, methods_cfg[entry.config_key], chunks=chunks, **entry.kwargs)
 
 
 for _module in ("no_expansion", "net2wider", "pnn", "plasticity_injection", "dynamic_moe"):

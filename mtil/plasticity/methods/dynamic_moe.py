@@ -1,26 +1,101 @@
-"""DynamicMoE: the MLP's first two layers become a mixture of bottleneck experts `Linear(d→h)→ReLU→Linear(h→d)`
-(d = the CNN feature width), mixed by a router on the same features, then ReLU and the output layer `d→classes`.
-With a single expert this is exactly a 3-layer MLP d→h→d→classes.
+"""DynamicMoE, as the reference's `DynamicMoE` head: every Linear layer of the 3-layer MLP (`in -> h -> h ->
+classes`, ReLU between) is an `MoELayer`; each chunk start activates g more experts in every layer.
 
-Granularity g starts with g experts of width hidden / g and adds g more at every chunk start (old experts keep
-training). Gating (config `methods.dynamic_moe.gating`):
-  * dense — softmax over all experts; every expert is active, so active parameters grow with the experts and the
-    three granularities end with the same active size as the other methods (the default, used for matching);
-  * topk — softmax over all experts, of which only the `top_k * g` most probable run for an input, weighted by
-    their (not renormalised) probabilities, as in the Switch Transformer; an optional load-balancing loss
-    (`balance_weight`) keeps new experts in use. Active parameters stay constant while experts are added.
-Expert weights are stacked as [E, d, h] / [E, h, d] tensors (grown by concatenation, so the optimizer must be
-rebuilt after `expand`). Dispatch is vectorized, never a loop over experts: dense gating is two einsums over all
-experts; topk sorts the (input, expert) pairs by expert into a padded [E, C, d] buffer and uses two batched
-matmuls, so each input only runs through its selected experts.
+`MoELayer(h_in, h_out)` holds `max_experts = chunks * g` experts (granularity g starts with g) and one router
+`Linear(h_in, 1)` with bias per expert. An expert is `bottleneck_relu`: `Linear(h_in, h_b) -> ReLU -> Linear(h_b,
+h_out)` with `h_b = int(h_in * (h_out - N) / (h_in + h_out) / N)`, N = max_experts (or min(output_max_k,
+max_experts) with `match_active`), so a fully grown layer has about the parameters of the Linear it replaces; or
+`linear`: `Linear(h_in, h_out)`. Forward over the E active experts:
+  logits [B, E] from the routers; if E > output_max_k, all but the top output_max_k logits are set to -1e8;
+  if E > grad_max_k, only the grad_max_k experts with the largest (masked) logits pass gradient to their
+  outputs (the others' outputs are detached); out = sum_e softmax(logits)_e * expert_e(x);
+  load-balancing term E * sum_e f_e * P_e, f_e = share of inputs whose top-1 is e, P_e = mean probability.
+null output_max_k / grad_max_k mean no limit (the reference's 1e10). The experts run batched (their weights
+concatenated into one matmul per layer and step); experts not yet active get no gradient, as in the reference.
 """
-import math
-
 import torch
 from torch import nn
 
 from . import ExpandableMLP, register
 from ...errors import MtilError
+
+NEG_INF = -1e8  # the reference's masking value
+
+
+def bottleneck_width(h_in: int, h_out: int, n: int) -> int:
+    return int(h_in * (h_out - n) / (h_in + h_out) / n)
+
+
+class Expert(nn.Module):
+    def __init__(self, kind: str, h_in: int, h_b: int, h_out: int):
+        super().__init__()
+        self.fc1 = nn.Linear(h_in, h_b if kind == "bottleneck_relu" else h_out)
+        self.fc2 = nn.Linear(h_b, h_out) if kind == "bottleneck_relu" else None
+
+
+class MoELayer(nn.Module):
+    def __init__(self, h_in: int, h_out: int, initial: int, max_experts: int, grow_by: int, cfg):
+        super().__init__()
+        self.curr, self.max_experts, self.grow_by = initial, max_experts, grow_by
+        inf = float("inf")
+        self.output_max_k = inf if cfg.output_max_k is None else cfg.output_max_k
+        self.grad_max_k = inf if cfg.grad_max_k is None else cfg.grad_max_k
+        if cfg.expert not in ("bottleneck_relu", "linear"):
+            raise MtilError(f"methods.dynamic_moe.expert must be bottleneck_relu or linear, got '{cfg.expert}'")
+        h_b = 0
+        if cfg.expert == "bottleneck_relu":
+            n = min(self.output_max_k, max_experts) if cfg.match_active else max_experts
+            h_b = bottleneck_width(h_in, h_out, n)
+            if h_b < 1:
+                raise MtilError(f"a {h_in}->{h_out} layer with {n} bottleneck experts gets expert width {h_b}; "
+                                f"use more classes / wider methods.dynamic_moe.hidden, or fewer chunks")
+        self.experts = nn.ModuleList([Expert(cfg.expert, h_in, h_b, h_out) for _ in range(max_experts)])
+        self.routers = nn.ModuleList([nn.Linear(h_in, 1) for _ in range(max_experts)])
+        self.expert_pcount = sum(p.numel() for p in self.experts[0].parameters())
+        self.router_pcount = sum(p.numel() for p in self.routers[0].parameters())
+
+    def _first(self, x, es):
+        """[B, E, width of fc1]: every active expert's first Linear, as one matmul."""
+        w = torch.cat([e.fc1.weight for e in es])                     # [E * o, i]
+        return (x @ w.t() + torch.cat([e.fc1.bias for e in es])).view(len(x), len(es), -1)
+
+    def _second(self, hid, es):
+        """sum_e hid[:, e] @ fc2_e.weight^T as one matmul; hid [B, E, h_b] -> [B, h_out] (no bias)."""
+        w = torch.cat([e.fc2.weight.t() for e in es])                 # [E * h_b, o]
+        return hid.reshape(len(hid), -1) @ w
+
+    def forward(self, x):
+        """(output [B, h_out], load-balancing term)."""
+        e = self.curr
+        es, rs = self.experts[:e], self.routers[:e]
+        logits = x @ torch.cat([r.weight for r in rs]).t() + torch.cat([r.bias for r in rs])  # [B, E]
+        if e > self.output_max_k:
+            vals, idx = logits.topk(int(self.output_max_k), dim=1)
+            logits = torch.full_like(logits, NEG_INF).scatter(1, idx, vals)
+        probs = torch.softmax(logits, dim=1)
+        bottleneck = es[0].fc2 is not None
+        y = self._first(x, es)
+        if e > self.grad_max_k:  # per-expert outputs, all but the top grad_max_k detached
+            if bottleneck:
+                y = torch.stack([torch.relu(y[:, i]) @ m.fc2.weight.t() + m.fc2.bias for i, m in enumerate(es)], 1)
+            idx = logits.topk(int(self.grad_max_k), dim=1).indices
+            mask = torch.zeros_like(logits).scatter(1, idx, 1.0).unsqueeze(-1)
+            y = mask * y + ((1 - mask) * y).detach()
+            out = torch.einsum("be,beo->bo", probs, y)
+        elif bottleneck:  # sum_e p_e (W2_e relu(h_e) + b2_e) without forming every expert's output
+            out = self._second(torch.relu(y) * probs.unsqueeze(-1), es) + probs @ torch.stack([m.fc2.bias for m in es])
+        else:
+            out = torch.einsum("be,beo->bo", probs, y)
+        top1 = torch.zeros_like(logits).scatter(1, logits.topk(1, dim=1).indices, 1.0)
+        balance = e * (top1.mean(0) * probs.mean(0)).sum()
+        return out, balance
+
+    def grow(self):
+        self.curr = min(self.curr + self.grow_by, self.max_experts)
+
+    def count_active_params(self):
+        """The reference's count: experts that can contribute to the output, plus every active router."""
+        return self.expert_pcount * min(self.curr, self.output_max_k) + self.router_pcount * self.curr
 
 
 # decorators apply bottom-up: g1 is registered first
@@ -30,90 +105,27 @@ from ...errors import MtilError
 class DynamicMoE(ExpandableMLP):
     label = "DynamicMoE"
 
-    def __init__(self, in_dim, num_classes, cfg, granularity: int):
+    def __init__(self, in_dim, num_classes, cfg, chunks, granularity: int):
         super().__init__()
-        if cfg.hidden % granularity:
-            raise MtilError(f"methods.dynamic_moe.hidden={cfg.hidden} is not divisible by granularity {granularity}")
-        if cfg.gating not in ("dense", "topk"):
-            raise MtilError(f"methods.dynamic_moe.gating must be dense or topk, got '{cfg.gating}'")
-        if cfg.router_init not in ("zero", "random"):
-            raise MtilError(f"methods.dynamic_moe.router_init must be zero or random, got '{cfg.router_init}'")
-        self.g, self.d, self.h = granularity, in_dim, cfg.hidden // granularity
-        self.gating, self.k, self.router_init = cfg.gating, cfg.top_k * granularity, cfg.router_init
+        g, dims = granularity, (in_dim, cfg.hidden, cfg.hidden, num_classes)
+        self.layers = nn.ModuleList([MoELayer(a, b, g, chunks * g, g, cfg) for a, b in zip(dims[:-1], dims[1:])])
         self.balance_weight, self._aux = cfg.balance_weight, None
-        self.head = nn.Linear(in_dim, num_classes)
-        for name, value in self._new_experts(granularity).items():
-            setattr(self, name, nn.Parameter(value))
 
-    @property
-    def num_experts(self) -> int:
-        return self.w_in.shape[0]
-
-    def _new_experts(self, n: int) -> dict:
-        d, h = self.d, self.h
-
-        def uniform(*shape, fan_in):  # nn.Linear's default initialisation range
-            bound = 1.0 / math.sqrt(fan_in)
-            return torch.empty(*shape, device=self.head.weight.device).uniform_(-bound, bound)
-
-        new = {"w_in": uniform(n, d, h, fan_in=d), "b_in": uniform(n, h, fan_in=d),
-               "w_out": uniform(n, h, d, fan_in=h), "b_out": uniform(n, d, fan_in=h)}
-        if self.router_init == "zero":
-            new.update(router_w=torch.zeros_like(new["b_out"]), router_b=torch.zeros_like(new["b_out"][:, 0]))
-        else:
-            new.update(router_w=uniform(n, d, fan_in=d), router_b=uniform(n, fan_in=d))
-        return new
+    def forward(self, x):
+        terms = []
+        for i, layer in enumerate(self.layers):
+            x, balance = layer(x)
+            terms.append(balance)
+            x = torch.relu(x) if i < len(self.layers) - 1 else x
+        self._aux = self.balance_weight * torch.stack(terms).sum() if self.balance_weight > 0 and self.training else None
+        return x
 
     def expand(self):
-        for name, value in self._new_experts(self.g).items():
-            old = getattr(self, name)
-            new = nn.Parameter(torch.cat([old.detach(), value]))  # old experts are the leading block
-            self.replaced(old, new)
-            setattr(self, name, new)
-
-    def router_logits(self, x):
-        return x @ self.router_w.t() + self.router_b
-
-    def mix(self, x):
-        """The experts' gated sum [B, d] (before the ReLU and output layer)."""
-        w_in, b_in, w_out, b_out = self.w_in, self.b_in, self.w_out, self.b_out  # [E,d,h] [E,h] [E,h,d] [E,d]
-        probs = torch.softmax(self.router_logits(x), dim=1)                      # [B, E]
-        self._aux = None
-        if self.gating == "dense" or self.k >= probs.shape[1]:
-            hid = torch.relu(torch.einsum("bd,edh->beh", x, w_in) + b_in)
-            return torch.einsum("beh,ehd->bd", hid * probs.unsqueeze(-1), w_out) + probs @ b_out
-        gates, idx = probs.topk(self.k, dim=1)  # [B, k]; not renormalised, so the router learns even at k = 1
-        if self.training and self.balance_weight > 0:  # Switch-Transformer load balancing: E * sum_e f_e * P_e
-            share = torch.zeros_like(probs[0]).index_add_(0, idx.flatten(), torch.ones_like(gates.flatten()))
-            self._aux = self.balance_weight * probs.shape[1] * (share / idx.numel() * probs.mean(0)).sum()
-        return self._dispatch(x, idx, gates)
-
-    def _dispatch(self, x, idx, gates):
-        """Run each input only through its selected experts: sort the (input, expert) pairs by expert, scatter
-        the inputs into a zero-padded [E, C, d] buffer (C = the largest expert load of the batch), two batched
-        matmuls, then gather the C-slots back and add them, gate-weighted, into their inputs' rows."""
-        b, k = idx.shape
-        expert = idx.flatten()                                                   # [b * k]
-        order = torch.argsort(expert, stable=True)
-        expert = expert[order]
-        token = torch.arange(b, device=x.device).repeat_interleave(k)[order]
-        counts = torch.bincount(expert, minlength=self.num_experts)
-        slot = torch.arange(b * k, device=x.device) - (torch.cumsum(counts, 0) - counts)[expert]
-        buf = x.new_zeros(self.num_experts, int(counts.max()), self.d)
-        buf[expert, slot] = x[token]
-        hid = torch.relu(torch.bmm(buf, self.w_in) + self.b_in.unsqueeze(1))     # [E, C, h]
-        out = torch.bmm(hid, self.w_out) + self.b_out.unsqueeze(1)               # [E, C, d]
-        weighted = out[expert, slot] * gates.flatten()[order].unsqueeze(1)
-        return torch.zeros_like(x).index_add_(0, token, weighted)
+        for layer in self.layers:
+            layer.grow()
 
     def extra_loss(self):
         return self._aux
 
-    def forward(self, x):
-        return self.head(torch.relu(self.mix(x)))
-
     def active_params(self):
-        e = self.num_experts
-        per_expert = 2 * self.d * self.h + self.h + self.d
-        running = e if self.gating == "dense" else min(self.k, e)
-        return running * per_expert + e * (self.d + 1) + sum(p.numel() for p in self.head.parameters())
+        return sum(layer.count_active_params() for layer in self.layers)

@@ -7,7 +7,7 @@ from ..models import mlp3, n_params
 class NoExpansion(ExpandableMLP):
     label = "No Expansion"
 
-    def __init__(self, in_dim, num_classes, cfg):
+    def __init__(self, in_dim, num_classes, cfg, chunks):
         super().__init__()
         self.net = mlp3(in_dim, cfg.hidden, cfg.hidden, num_classes)
 

@@ -1,7 +1,8 @@
 """Plasticity Injection at every chunk start: freeze everything so far (θ), add a fresh MLP θ1 and a frozen copy
 θ2 of it, and output h_θ(x) + (h_θ1(x) − h_θ2(x)). Because θ2 equals θ1 at injection, the difference is exactly
 zero there and the function is preserved; afterwards only θ1 trains. Repeated injections nest: θ is the whole
-frozen sum so far. All 1 + 2 (c - 1) MLPs take part in every forward pass, so all count as active.
+frozen sum so far. All 1 + 2 (c - 1) MLPs take part in every forward pass, so all count as active (the
+reference's `PlasticityInjection` counts the same: P * (2 (c - 1) + 1)).
 """
 import copy
 
@@ -16,7 +17,7 @@ from ..models import mlp3, n_params
 class PlasticityInjection(ExpandableMLP):
     label = "Plasticity Injection"
 
-    def __init__(self, in_dim, num_classes, cfg):
+    def __init__(self, in_dim, num_classes, cfg, chunks):
         super().__init__()
         self.dims = (in_dim, cfg.hidden, cfg.hidden, num_classes)
         self.base = mlp3(*self.dims)

@@ -1,8 +1,14 @@
-"""Progressive Neural Network: each chunk start freezes every column and adds a new 3-layer MLP column.
+"""Progressive Neural Network, as the reference's `ProgressiveNet` (no task index: only the newest column's output).
 
-Column k's second layer also receives (linear lateral connection) the first-layer activations of columns 1..k-1,
-and its output layer the second-layer activations of columns 1..k-1. Only the latest column's output is used
-(there is no task index), so earlier columns' output layers (and their laterals into them) are kept but inactive.
+Column k (0-based) is a 3-layer MLP `embed: in -> h`, `stem1: h -> h`, `stem2: h -> classes`. For k >= 1 each of
+its last two layers also gets an adapter from the same-depth activations of columns 0..k-1 (concatenated, scaled
+elementwise by a learned vector initialised U(-scaler_init, scaler_init)): `Linear(h*k, h) -> ReLU ->
+Linear(h, out)`, added before the layer's ReLU. Each chunk start freezes the newest column and adds the next;
+frozen columns stop computing their output layer.
+
+Active parameters are counted as the reference counts them: every column's parameters, minus, for a frozen
+column k >= 1, its output layer, output adapter and output scaler (the reference's column 0 keeps its unused
+output layer in the count).
 """
 import torch
 from torch import nn
@@ -12,51 +18,59 @@ from ..models import n_params
 
 
 class Column(nn.Module):
-    def __init__(self, in_dim: int, width: int, num_classes: int, earlier: int):
+    def __init__(self, in_dim: int, width: int, num_classes: int, earlier: int, scaler_init: float):
         super().__init__()
-        self.l1 = nn.Linear(in_dim, width)
-        self.l2 = nn.Linear(width, width)
-        self.head = nn.Linear(width, num_classes)
-        # laterals from all earlier columns at once: one matrix over their concatenated activations
-        self.lat2 = nn.Linear(earlier * width, width, bias=False) if earlier else None
-        self.lat_head = nn.Linear(earlier * width, num_classes, bias=False) if earlier else None
+        self.earlier, self.active = earlier, True
+        self.embed = nn.Linear(in_dim, width)
+        self.stems = nn.ModuleList([nn.Linear(width, width), nn.Linear(width, num_classes)])
+        if earlier:
+            self.adapters = nn.ModuleList([
+                nn.Sequential(nn.Linear(width * earlier, width), nn.ReLU(), nn.Linear(width, out))
+                for out in (width, num_classes)])
+            self.scalers = nn.ParameterList([
+                nn.Parameter(torch.empty(width * earlier).uniform_(-scaler_init, scaler_init)) for _ in range(2)])
 
-    def hidden(self, x, prev1):
-        h1 = torch.relu(self.l1(x))
-        z2 = self.l2(h1)
-        if self.lat2 is not None:
-            z2 = z2 + self.lat2(torch.cat(prev1, dim=1))
-        return h1, torch.relu(z2)
+    def _layer(self, i, x, prev):
+        y = self.stems[i](x)
+        return y + self.adapters[i](self.scalers[i] * prev[i]) if self.earlier else y
 
-    def out(self, h2, prev2):
-        y = self.head(h2)
-        return y if self.lat_head is None else y + self.lat_head(torch.cat(prev2, dim=1))
+    def forward(self, x, prev):
+        """Output (None when frozen) and the per-depth activations of columns 0..k concatenated."""
+        h1 = torch.relu(self.embed(x))
+        h2 = torch.relu(self._layer(0, h1, prev))
+        out = self._layer(1, h2, prev) if self.active else None
+        feats = [h1, h2] if not self.earlier else [torch.cat([p, f], 1) for p, f in zip(prev, (h1, h2))]
+        return out, feats
+
+    def freeze(self):
+        self.active = False
+        self.requires_grad_(False)
+
+    def counted_params(self):
+        if self.active or not self.earlier:
+            return n_params(self)
+        return n_params(self) - n_params(self.stems[1]) - n_params(self.adapters[1]) - self.scalers[1].numel()
 
 
 @register("pnn")
 class ProgressiveNN(ExpandableMLP):
     label = "Progressive NN"
 
-    def __init__(self, in_dim, num_classes, cfg):
+    def __init__(self, in_dim, num_classes, cfg, chunks):
         super().__init__()
-        self.dims = (in_dim, cfg.hidden, num_classes)
-        self.columns = nn.ModuleList([Column(*self.dims, earlier=0)])
+        self.dims, self.scaler_init = (in_dim, cfg.hidden, num_classes), cfg.scaler_init
+        self.columns = nn.ModuleList([Column(*self.dims, earlier=0, scaler_init=self.scaler_init)])
 
     def forward(self, x):
-        acts1, acts2 = [], []
+        prev = []
         for col in self.columns:
-            h1, h2 = col.hidden(x, acts1)
-            acts1.append(h1)
-            acts2.append(h2)
-        return self.columns[-1].out(acts2[-1], acts2[:-1])
+            out, prev = col(x, prev)
+        return out
 
     def expand(self):
-        for p in self.columns.parameters():
-            p.requires_grad_(False)
-        device = self.columns[0].l1.weight.device
-        self.columns.append(Column(*self.dims, earlier=len(self.columns)).to(device))
+        self.columns[-1].freeze()
+        device = self.columns[0].embed.weight.device
+        self.columns.append(Column(*self.dims, earlier=len(self.columns), scaler_init=self.scaler_init).to(device))
 
     def active_params(self):
-        *earlier, last = self.columns
-        inactive = sum(n_params(c.head) + (n_params(c.lat_head) if c.lat_head is not None else 0) for c in earlier)
-        return n_params(self) - inactive
+        return sum(c.counted_params() for c in self.columns)
