@@ -198,9 +198,10 @@ def test_kill_9_at_four_points_then_resume_gives_the_same_matrix(tmp_path):
     assert seen["progress"] == (1, "train", 2) and seen["rows"] == 1, seen
     kills.append(("checkpoint write", seen["progress"]))
 
-    # 4. inside a results.json write: every save writes the checkpoint, then results.json; resumed at task 2
-    #    step 2, writes 1 = step 4, 2 = task 2 trained, 3 = after task 2's evaluation (row 2 in the checkpoint)
-    c = Child([*args, "--resume"], child_env(tmp_path, MTIL_TEST_PAUSE_WRITE="results.json:3"), tmp_path)
+    # 4. inside a results.json write: a resume first rewrites the outputs from the checkpoint, then every save
+    #    writes the checkpoint, then results.json; resumed at task 2 step 2, writes 1 = the resume's rewrite,
+    #    2 = step 4, 3 = task 2 trained, 4 = after task 2's evaluation (row 2 in the checkpoint)
+    c = Child([*args, "--resume"], child_env(tmp_path, MTIL_TEST_PAUSE_WRITE="results.json:4"), tmp_path)
     c.wait_for(lambda line: "TEST-PAUSED-IN-WRITE" in line, "the paused results.json write")
     c.kill()
     seen = check_outputs_parse(out)
