@@ -1,7 +1,7 @@
 """Training of one task: the step loop that calls into the policy (begin_task / after_step / end_task).
 
-Per task: a fresh AdamW (`optim.SlotAdamW`: one step count per expert slot) over the adapters with the task's learning rate and timm's cosine schedule with
-warm-up (stepped per update); CLIP logits of the batch against the task's class prompts (first template),
+Per task: a fresh AdamW (`optim.SlotAdamW`: one step count per expert slot) over the adapters with the task's
+learning rate and timm's cosine schedule with warm-up (stepped per update); CLIP logits of the batch against the task's class prompts (first template),
 cross-entropy with label smoothing, plus the load-balancing loss when its weight is > 0. The `SliceGuard`
 keeps frozen / inactive experts and the other tasks' routers bit-identical. The task's router is opened to every
 active expert at the start and closed to the experts active at the end (`AdaptedCLIP.close_router`). A non-finite loss stops the run
