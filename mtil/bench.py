@@ -125,12 +125,15 @@ class PlainAdapter(nn.Module):
 
 
 def attach_plain(clip: nn.Module, hidden: int) -> nn.ModuleList:
-    """A `PlainAdapter` beside the MLP of every block of both towers (same placement as `moe.attach`)."""
+    """A `PlainAdapter` beside the MLP of every block of both towers, reading the residual stream (the default
+    placement of `moe.attach`)."""
     adapters = nn.ModuleList()
     for transformer in backbone.towers(clip).values():
         for block in transformer.resblocks:
             adapter = PlainAdapter(block.ln_2.normalized_shape[0], hidden).to(next(clip.parameters()).device)
-            block.mlp.register_forward_hook(lambda m, inputs, output, a=adapter: output + a(inputs[0]))
+            kept: dict = {}  # the residual stream entering ln_2, as `moe.attach` reads it by default
+            block.ln_2.register_forward_pre_hook(lambda m, inputs, kept=kept: kept.__setitem__("x", inputs[0]))
+            block.mlp.register_forward_hook(lambda m, inputs, output, a=adapter, kept=kept: output + a(kept.pop("x")))
             adapters.append(adapter)
     return adapters
 
