@@ -13,6 +13,12 @@ def add_arguments(p) -> None:
 
 
 def execute(args) -> int:
+    from ..rl.figures import is_rl_run
+    if is_rl_run(Path(args.run_dir)):  # `mtil rl` run: learning curve and Fig. 4 (router trace)
+        from ..rl.figures import plot_run
+        written = plot_run(args.run_dir, args.out)
+        print(f"wrote {len(written)} files:\n" + "\n".join(f"  {p}" for p in written))
+        return 0
     from ..plots import write_run_figures
     written, skipped = write_run_figures(Path(args.run_dir), args.out, args.formats, args.layer)
     folder = Path(args.out) if args.out else Path(args.run_dir) / "figures"
