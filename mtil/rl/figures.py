@@ -131,6 +131,33 @@ def _runs(paths) -> list[tuple[Path, dict]]:
     return found
 
 
+def _shift_cell(shifts) -> str:
+    shifts = [s for s in shifts if s is not None]
+    if not shifts:
+        return "n/a"
+    a, b = np.array(shifts).T
+    return f"{a.mean():.2f} -> {b.mean():.2f} ({len(shifts)})"
+
+
+def _final(results: dict, key: str):
+    """Mean of `key` over the run's last `final_window` curve points."""
+    vals = [r[key] for r in results["curve"] if r.get(key) is not None][-int(results.get("final_window", 10)):]
+    return float(np.mean(vals)) if vals else None
+
+
+def router_shift(run_dir: Path):
+    """(mean weight of the newest expert in stage 0, in stage 1) over the traced greedy episode, or None when
+    the trace has no MoE router, fewer than 2 experts or only one stage."""
+    f = Path(run_dir) / "trace.json"
+    if not f.exists():
+        return None
+    trace = _read_json(f)
+    router, stage = np.array(trace.get("router") or []), np.array(trace.get("stage") or [])
+    if router.ndim != 2 or router.shape[1] < 2 or len(set(stage.tolist())) < 2:
+        return None
+    return float(router[stage == 0, -1].mean()), float(router[stage >= 1, -1].mean())
+
+
 def compare(paths, out) -> tuple[str, list[Path]]:
     """Fig. 3 (mean +- std over seeds of each variant) and a markdown table, written into `out`."""
     import matplotlib
@@ -141,8 +168,8 @@ def compare(paths, out) -> tuple[str, list[Path]]:
     for d, r in _runs(paths):
         groups.setdefault(r["label"], []).append((d, r))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    lines = ["| variant | seeds | final return (mean ± std) | stage-1 episodes (final) | achievements (final) |",
-             "|---|---|---|---|---|"]
+    lines = ["| variant | seeds | final return (mean ± std) | episodes reaching stage 1 (final) | achievements (final) "
+             "| newest expert's router weight, stage 0 -> 1 (greedy episode; seeds) |", "|---|---|---|---|---|---|"]
     for c, (name, runs) in enumerate(groups.items()):
         for ax, key in zip(axes, ("return", "max_stage")):
             series = [_series(r["curve"], key) for _, r in runs]
@@ -154,14 +181,14 @@ def compare(paths, out) -> tuple[str, list[Path]]:
             mean, std = ys.mean(0), ys.std(0)
             ax.plot(grid, mean, color=f"C{c}", label=f"{name} (n={len(series)})")
             ax.fill_between(grid, mean - std, mean + std, color=f"C{c}", alpha=0.2)
-        finals = np.array([r["final_return"] for _, r in runs if r.get("final_return") is not None], float)
-        stages = np.array([r["final_max_stage"] for _, r in runs if r.get("final_max_stage") is not None], float)
-        ach = [r["final_achievements"] for _, r in runs if r.get("final_achievements") is not None]
+        finals, stages, ach = (np.array([v for v in (_final(r, k) for _, r in runs) if v is not None], float)
+                               for k in ("return", "max_stage", "achievements"))
         incomplete = sum(not r.get("complete") for _, r in runs)
         lines.append(f"| {name} | {len(runs)}{f' ({incomplete} incomplete)' if incomplete else ''} | "
                      + (f"{finals.mean():.2f} ± {finals.std():.2f}" if len(finals) else "n/a") + " | "
                      + (f"{stages.mean():.2f} ± {stages.std():.2f}" if len(stages) else "n/a") + " | "
-                     + (f"{np.mean(ach):.2f}" if ach else "n/a") + " |")
+                     + (f"{ach.mean():.2f} ± {ach.std():.2f}" if len(ach) else "n/a") + " | "
+                     + _shift_cell([router_shift(d) for d, _ in runs]) + " |")
     grow = sorted({g * r["steps_per_iteration"] for rs in groups.values() for _, r in rs for g in r["grow_at"]})
     for ax, name in zip(axes, ("episode return", "stage reached (fraction of episodes in stage 1)")):
         for g in grow:

@@ -70,6 +70,12 @@ def grow_points(cfg) -> list[int]:
     return [round(j * n / (g + 1)) for j in range(1, g + 1)]
 
 
+def final_mean(curve: list[dict], key: str, window: int) -> float | None:
+    """Mean of `key` over the last `window` curve points that have it (None when none has)."""
+    vals = [r[key] for r in curve if r.get(key) is not None][-window:]
+    return float(np.mean(vals)) if vals else None
+
+
 def _clean(x):
     if isinstance(x, dict):
         return {k: _clean(v) for k, v in x.items()}
@@ -138,7 +144,8 @@ class Run:
         write_jsonl(self.out / "events.jsonl", self.events)
         write_json(self.out / "results.json", self.results(complete))
 
-    def _load(self) -> ppo.TrainState:
+    def load_checkpoint(self) -> ppo.TrainState:
+        """The state saved in checkpoint.npz (the network is rebuilt with the experts it had)."""
         path = self.out / "checkpoint.npz"
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -159,14 +166,11 @@ class Run:
         return state
 
     def results(self, complete: bool) -> dict:
-        returns = [r["return"] for r in self.curve if r.get("return") is not None]
-        window = returns[-self.cfg.train.final_window:]
-        last = self.curve[-1] if self.curve else {}
+        n = self.cfg.train.final_window
         return {"kind": "rl", "label": label(self.cfg), "env": self.cfg.env.name, "seed": self.cfg.seed,
                 "iterations": self.iterations, "steps_per_iteration": self.steps_per_iteration,
-                "experts": self.experts, "grow_at": self.grow_at, "complete": complete,
-                "final_return": float(np.mean(window)) if window else None,
-                "final_max_stage": last.get("max_stage"), "final_achievements": last.get("achievements"),
+                "experts": self.experts, "grow_at": self.grow_at, "complete": complete, "final_window": n,
+                **{f"final_{k}": final_mean(self.curve, k, n) for k in ("return", "max_stage", "achievements")},
                 "curve": self.curve}
 
     # ------------------------------------------------------------------------------------------ loop
@@ -174,7 +178,7 @@ class Run:
         self._check_out()
         self.out.mkdir(parents=True, exist_ok=True)
         if self.resume:
-            state = self._load()
+            state = self.load_checkpoint()
         else:
             write_text(self.out / "config.yaml", mtil_config.dump(self.cfg))
             self._compile()

@@ -1,0 +1,145 @@
+"""`mtil rl` end to end on the two-stage MinAtar stream: a tiny run of each of the four variants, growth keeps the
+old experts and their Adam state, resume equality, the comparison command, Fig. 4 from `mtil plot`, errors.
+
+Sized for CI on 2 shared cores: 16 envs x 16 steps x 8 iterations, width 16; the XLA compilations (most of the
+time) are shared through a session-wide persistent compilation cache.
+"""
+import json
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax", reason="the [rl] extra is not installed")  # CI installs it: never skipped there
+
+from mtil.cli import main  # noqa: E402
+
+TINY = ["ppo.total_steps=2048", "ppo.num_envs=16", "ppo.num_steps=16", "ppo.minibatches=2", "ppo.epochs=2",
+        "net.hidden=16", "env.switch_at=2", "env.max_steps=200", "train.log_every=2", "train.checkpoint_every=3",
+        "trace.episodes=2", "trace.max_steps=200"]
+VARIANTS = {"no_moe": "No MoE", "1_expert": "1 expert", "2_experts": "2 experts", "grow": "1-to-2 grow"}
+
+
+def _sets(extra=()):
+    return [a for kv in [*TINY, *extra] for a in ("--set", kv)]
+
+
+@pytest.fixture(scope="session")
+def rl_runs(tmp_path_factory):
+    """The four variants, seed 0, run once per session through the CLI."""
+    import os
+    root = tmp_path_factory.mktemp("rl")
+    os.environ["MTIL_JAX_CACHE"] = str(root / "xla-cache")
+    for name in VARIANTS:
+        assert main(["rl", f"rl/minatar_{name}.yaml", "--out", str(root / name), *_sets()]) == 0
+    return root
+
+
+def _results(path):
+    return json.loads((path / "results.json").read_text())
+
+
+def _leaves(path):
+    with np.load(path / "checkpoint.npz") as z:
+        return [z[k] for k in sorted(k for k in z.files if k.startswith("leaf"))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_each_variant_runs_and_writes_its_run_directory(rl_runs, name):
+    out = rl_runs / name
+    r = _results(out)
+    assert r["kind"] == "rl" and r["complete"] and r["label"] == VARIANTS[name]
+    assert r["iterations"] == 8 and [p["iteration"] for p in r["curve"]] == [2, 4, 6, 8]
+    assert r["curve"][-1]["steps"] == 2048 and r["final_return"] is not None
+    assert (out / "config.yaml").exists() and (out / "checkpoint.npz").exists()
+    assert {p.name for p in (out / "figures").iterdir()} == {
+        "learning_curve.png", "learning_curve.svg", "router_trace.png", "router_trace.svg"}
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    trace = json.loads((out / "trace.json").read_text())
+    assert len(trace["stage"]) == trace["length"] > 0
+    if name == "grow":
+        assert events == [{"event": "grow", "iteration": 4, "steps": 1024, "experts_from": 1, "experts_to": 2,
+                           "blocks": 3}]
+        assert [p["experts"] for p in r["curve"]] == [1, 1, 2, 2]
+        assert len(r["curve"][-1]["router"]["critic.block0"]) == 2
+        router = np.array(trace["router"])
+        assert router.shape == (trace["length"], 2) and np.allclose(router.sum(1), 1, atol=1e-5)
+    else:
+        assert events == []
+    if name == "no_moe":
+        assert trace["layer"] is None and r["curve"][-1]["router"] == {}
+
+
+@pytest.mark.slow
+def test_grow_run_equals_one_expert_run_until_the_growth(rl_runs):
+    """Same seed: the grow run is the 1-expert run up to the growth point (it continues its state)."""
+    one, grow = _results(rl_runs / "1_expert")["curve"], _results(rl_runs / "grow")["curve"]
+    assert one[:2] == grow[:2]
+    assert one[2] != grow[2]
+
+
+@pytest.mark.slow
+def test_growth_keeps_old_experts_and_their_adam_state(rl_runs, tmp_path):
+    from mtil.rl import train
+    cfg = train.load_config("rl/minatar_grow.yaml", TINY)
+    run = train.Run(cfg, tmp_path / "g")
+    run.execute(stop_after=3)
+    before = run.load_checkpoint()
+    after = run.grow(before)
+    b_moe = before.params["params"]["critic"]["block0"]["moe"]
+    a_moe = after.params["params"]["critic"]["block0"]["moe"]
+    assert b_moe["w1"].shape[0] == 1 and a_moe["w1"].shape[0] == 2
+    np.testing.assert_array_equal(a_moe["w1"][:1], b_moe["w1"])
+    np.testing.assert_array_equal(a_moe["router"]["kernel"][:, :1], b_moe["router"]["kernel"])
+    assert float(np.abs(a_moe["w1"][1]).sum()) > 0
+    b_mu = before.opt.mu["params"]["critic"]["block0"]["moe"]
+    a_mu = after.opt.mu["params"]["critic"]["block0"]["moe"]
+    a_count = after.opt.count["params"]["critic"]["block0"]["moe"]
+    np.testing.assert_array_equal(a_mu["w2"][:1], b_mu["w2"])
+    assert float(np.abs(b_mu["w2"]).sum()) > 0 and not np.asarray(a_mu["w2"][1]).any()
+    assert int(a_count["w2"][0].min()) == 3 * cfg.ppo.epochs * cfg.ppo.minibatches and not a_count["w2"][1].any()
+    # every leaf outside the MoE blocks is untouched
+    np.testing.assert_array_equal(after.params["params"]["pi"]["kernel"], before.params["params"]["pi"]["kernel"])
+    np.testing.assert_array_equal(after.opt.nu["params"]["v"]["kernel"], before.opt.nu["params"]["v"]["kernel"])
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted_run(rl_runs, tmp_path):
+    """Stopped before the growth, resumed across it: same curve and the same final state, bit for bit."""
+    out = tmp_path / "resumed"
+    assert main(["rl", "rl/minatar_grow.yaml", "--out", str(out), "--stop-after", "3", *_sets()]) == 0
+    assert not _results(out)["complete"]
+    assert main(["rl", "--out", str(out), "--resume"]) == 0
+    full, resumed = _results(rl_runs / "grow"), _results(out)
+    assert resumed["complete"] and resumed["curve"] == full["curve"]
+    for a, b in zip(_leaves(rl_runs / "grow"), _leaves(out)):
+        np.testing.assert_array_equal(a, b)
+    events = [json.loads(line)["event"] for line in (out / "events.jsonl").read_text().splitlines()]
+    assert events == ["resume", "grow"]
+
+
+@pytest.mark.slow
+def test_compare_writes_fig3_and_table(rl_runs, tmp_path, capsys):
+    assert main(["rl", "--compare", str(rl_runs), "--out", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "table.md").read_text()
+    for label in VARIANTS.values():
+        assert f"| {label} | 1 |" in table
+    assert (tmp_path / "cmp" / "learning_curves.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_mtil_plot_draws_fig4_of_an_rl_run(rl_runs, tmp_path, capsys):
+    assert main(["plot", str(rl_runs / "grow"), "--out", str(tmp_path / "fig")]) == 0
+    assert (tmp_path / "fig" / "router_trace.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_errors_are_one_line(rl_runs, tmp_path, capsys):
+    assert main(["rl", "rl/minatar_grow.yaml", "--out", str(rl_runs / "grow"), *_sets()]) == 2
+    assert "already holds an RL run" in capsys.readouterr().err
+    assert main(["rl", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert main(["rl", "rl/minatar_grow.yaml", "--set", "moe.experts_end=0"]) == 2
+    assert main(["rl", "rl/minatar_grow.yaml", "--set", "ppo.minibatches=7"]) == 2
+    assert main(["rl", "--compare", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("mtil: error:") == 4 and "Traceback" not in err
