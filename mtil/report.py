@@ -75,9 +75,11 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def run_dirs(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
-    """(finished run directories, each once, in order given; unfinished ones found under given folders)."""
-    found, skipped, seen = [], [], set()
+def run_dirs(paths: list[str | Path]) -> tuple[dict[Path, dict], list[Path]]:
+    """({finished run directory: its results.json}, each once, in the order given; unfinished ones found under
+    given folders)."""
+    found: dict[Path, dict] = {}
+    skipped, seen = [], set()
     for p in map(Path, paths):
         if not p.exists():
             raise MtilError(f"{p} does not exist; give the --out of `mtil run` or a folder of run directories")
@@ -98,8 +100,9 @@ def run_dirs(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
             if d.resolve() in seen:
                 continue
             seen.add(d.resolve())
-            if rundir.read_results(d).get("complete"):
-                found.append(d)
+            results = rundir.read_results(d)
+            if results.get("complete"):
+                found[d] = results
             else:
                 skipped.append(d)
     for d in skipped:
@@ -135,10 +138,10 @@ def _unique_labels(groups: list[Group]) -> None:
 
 
 def group_runs(paths: list[str | Path]) -> list[Group]:
-    dirs, _ = run_dirs(paths)
+    found, _ = run_dirs(paths)
     groups: dict[str, Group] = {}
-    for d in dirs:
-        results, cfg = recomputed(rundir.read_results(d)), stripped_config(rundir.read_config(d))
+    for d, stored in found.items():
+        results, cfg = recomputed(stored), stripped_config(rundir.read_config(d))
         key = json.dumps(cfg, sort_keys=True) + json.dumps(results["tasks"])
         if key not in groups:
             label = d.name.split("-seed")[0] if "-seed" in d.name else d.name
