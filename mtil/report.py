@@ -194,7 +194,9 @@ def table(groups: list[Group]) -> list[dict]:
         for m in METRICS:
             v = g.values(m)
             row[m] = fmt(v)
-            row[f"{m}_mean"], row[f"{m}_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+            finite = v[~np.isnan(v)]   # transfer of a one-task run is undefined (NaN): null in JSON, empty in CSV
+            row[f"{m}_mean"] = float(finite.mean()) if len(finite) else None
+            row[f"{m}_std"] = float(finite.std(ddof=1)) if len(finite) > 1 else (0.0 if len(finite) else None)
         rows.append(row)
     return rows
 
@@ -219,7 +221,8 @@ def _csv(parts: list[tuple[list[dict], list[dict]]]) -> str:
             if r["seeds"] is None:
                 cells = [c for m in METRICS for c in (r[m], "")]
             else:
-                cells = [c for m in METRICS for c in (round(r[f"{m}_mean"], 4), round(r[f"{m}_std"], 4))]
+                cells = [c for m in METRICS for c in (r[f"{m}_mean"], r[f"{m}_std"])]
+                cells = ["" if c is None else round(c, 4) for c in cells]
             writer.writerow([r["method"], r["seeds"] or "", *cells])
     for main, datasets in parts:
         tasks = main[-1]["tasks"]

@@ -180,3 +180,11 @@ def test_configs_differing_only_in_lr_get_labels_json_runs_and_numeric_csv(tmp_p
 def test_results_without_per_dataset_or_summary_still_report(tmp_path, capsys):
     run = fake_run(tmp_path / "old", [[50.0, 40.0], [45.0, 60.0]], ["Red", "Green"])
     assert "| old | 1 | 40.0 | 48.8 | 52.5 |" in report_out(capsys, run)
+
+
+def test_one_task_run_has_no_transfer_and_valid_json(tmp_path, capsys):
+    run = fake_run(tmp_path / "single", [[50.0]], ["Red"])
+    assert "| single | 1 | - | 50.0 | 50.0 | 0.0 | 0.0 |" in report_out(capsys, run)
+    text = report_out(capsys, run, "--format", "json")
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON output"))
+    assert data["table"][0]["transfer_mean"] is None and data["table"][0]["avg_mean"] == 50.0
