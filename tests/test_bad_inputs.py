@@ -468,7 +468,7 @@ def bad_value(rule: str):
     return "bogus-choice"
 
 
-SCHEMAS = ("base.yaml", "plasticity/base.yaml")
+SCHEMAS = ("base.yaml", "plasticity/base.yaml", "rl/base.yaml")
 
 
 def key_cases():
@@ -484,6 +484,10 @@ def key_cases():
             def case(t, key=key, text=text, schema=schema):
                 if schema == "base.yaml":
                     return tiny(t.data, f"--set={key}={text}", "--out", t.out), [f"'{key}'"], "nothing created"
+                if schema == "rl/base.yaml":
+                    pytest.importorskip("jax", reason="mtil rl needs the [rl] extra")
+                    return (["rl", "rl/minatar.yaml", f"--set={key}={text}", "--out", t.out], [f"'{key}'"],
+                            "nothing created")
                 return ["plasticity", f"--set={key}={text}", "--out", t.out], [f"'{key}'"], "nothing created"
             out.append(pytest.param(case, id=f"{schema.split('/')[0].removesuffix('.yaml')}:{key}={text}"))
     return out
@@ -503,7 +507,7 @@ def issue_cases():
     return [make(o) for o in ISSUE_VALUES]
 
 
-COMMANDS = ("run", "report", "compare", "prepare", "demo", "plasticity")
+COMMANDS = ("run", "report", "compare", "prepare", "demo", "plasticity", "rl")
 
 
 @pytest.mark.parametrize("schema", SCHEMAS)
