@@ -245,7 +245,8 @@ def test_optimizer_and_warmup_are_the_reference_ones():
     t = cfg.train
     opt = study.make_optimizer(torch.nn.Linear(2, 2), t)
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["lr"] == 1e-3 and opt.defaults["weight_decay"] == 1e-3
-    assert (t.clip_grad_norm, t.batch_size, t.crop_pad, t.hflip, t.zero_grad, t.amp) == (0.5, 256, 4, True, False, False)
+    setup = (t.clip_grad_norm, t.batch_size, t.crop_pad, t.hflip, t.zero_grad, t.amp, t.warmup_ratio)
+    assert setup == (0.5, 256, 4, True, False, False, 0.1)
     lrs = [study.warmup_lr(t, i, 100) for i in range(12)]
     assert lrs[0] == 0.0 and lrs[5] == pytest.approx(5e-4) and lrs[10:] == [1e-3, 1e-3]
 

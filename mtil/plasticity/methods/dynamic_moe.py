@@ -117,7 +117,8 @@ class DynamicMoE(ExpandableMLP):
             x, balance = layer(x)
             terms.append(balance)
             x = torch.relu(x) if i < len(self.layers) - 1 else x
-        self._aux = self.balance_weight * torch.stack(terms).sum() if self.balance_weight > 0 and self.training else None
+        use = self.balance_weight > 0 and self.training
+        self._aux = self.balance_weight * torch.stack(terms).sum() if use else None
         return x
 
     def expand(self):
