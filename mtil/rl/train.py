@@ -79,7 +79,7 @@ def final_mean(curve: list[dict], key: str, window: int) -> float | None:
 def _clean(x):
     if isinstance(x, dict):
         return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
+    if isinstance(x, (list, tuple)) or (isinstance(x, np.ndarray) and x.ndim):
         return [_clean(v) for v in x]
     x = float(x)
     return None if math.isnan(x) else x
@@ -96,6 +96,7 @@ class Run:
         self.experts = cfg.moe.experts_start if cfg.net.block == "moe" else 0
         self.curve: list[dict] = []
         self.events: list[dict] = []
+        self.window: list[dict] = []  # metrics of the iterations since the last curve point
 
     # ------------------------------------------------------------------------------------------ network / state
     def _net(self, experts: int):
@@ -138,7 +139,7 @@ class Run:
     def _save(self, state: ppo.TrainState, complete: bool):
         leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
         meta = {"experts": self.experts, "iteration": int(state.iteration), "curve": self.curve,
-                "events": self.events}
+                "events": self.events, "window": self.window}
         numpy_savez(self.out / "checkpoint.npz", meta=np.array(json.dumps(meta)),
                     **{f"leaf{i:05d}": x for i, x in enumerate(leaves)})
         write_jsonl(self.out / "events.jsonl", self.events)
@@ -154,6 +155,7 @@ class Run:
         except (OSError, ValueError, KeyError) as e:
             raise MtilError(f"cannot read {path} ({type(e).__name__}); start a new run into a new --out") from None
         self.experts, self.curve, self.events = meta["experts"], meta["curve"], meta["events"]
+        self.window = meta["window"]
         self._compile()
         template = self._template()
         ref = jax.tree.leaves(template)
@@ -184,18 +186,17 @@ class Run:
             self._compile()
             state = self._template()
         it = int(state.iteration)
-        window: list[dict] = []
         t0 = time.perf_counter()
         last_stop = self.iterations if stop_after is None else min(stop_after, self.iterations)
         while it < last_stop:
             if it in self.grow_at and self.experts < self.cfg.moe.experts_end:
                 state = self.grow(state)
             state, metrics = self.iteration(state)
-            window.append(jax.device_get(metrics))
+            self.window.append(_clean(jax.device_get(metrics)))
             it += 1
             if it % self.cfg.train.log_every == 0 or it == self.iterations:
-                self._log_point(it, window, time.perf_counter() - t0)
-                window = []
+                self._log_point(it, self.window, time.perf_counter() - t0)
+                self.window = []
             if it % self.cfg.train.checkpoint_every == 0 or it == last_stop:
                 self._save(state, complete=False)
         complete = it >= self.iterations
@@ -209,7 +210,7 @@ class Run:
         eps = np.array([m["episodes"] for m in window], dtype=float)
 
         def mean(key):
-            vals = np.array([m[key] for m in window], dtype=float)
+            vals = np.array([np.nan if m[key] is None else m[key] for m in window], dtype=float)
             ok = eps > 0
             return float((vals[ok] * eps[ok]).sum() / eps[ok].sum()) if ok.any() else None
 
