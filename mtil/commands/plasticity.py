@@ -14,7 +14,7 @@ from ..errors import MtilError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", default=None,
-                        help="study config (default: plasticity/demo.yaml, offline, a few minutes on a CPU)")
+                        help="study config (default: plasticity/demo.yaml, offline, about 4 CPU-minutes per seed)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set data.root=/data (repeatable)")
     parser.add_argument("--out", default="runs/plasticity",
