@@ -280,11 +280,14 @@ def _cross_base(cfg: dict) -> None:
         if grow["granularity"] > cap:
             raise MtilError(f"config key 'policy.grow.granularity' = {grow['granularity']} is not allowed; allowed: "
                             f"at most policy.grow.max_experts (or moe.num_experts) = {cap}")
+    lists = {"data.order": data["order"], "demo.domains": cfg["demo"]["domains"],
+             "demo.pretrain.domains": cfg["demo"]["pretrain"].get("domains", [])}
+    for key, names in lists.items():
+        dups = sorted({str(d) for d in names if names.count(d) > 1})
+        if dups:
+            raise MtilError(f"config key '{key}' = {names!r} is not allowed; allowed: each name once "
+                            f"(repeated: {', '.join(dups)})")
     order = data["order"]
-    dups = sorted({d for d in order if order.count(d) > 1})
-    if dups:
-        raise MtilError(f"config key 'data.order' = {order!r} is not allowed; allowed: each dataset once "
-                        f"(repeated: {', '.join(map(str, dups))})")
     stray = sorted(set(train["lr_per_task"]) - set(order))
     if stray:
         raise MtilError(f"config key 'train.lr_per_task' names {', '.join(stray)}, not in data.order; allowed: "

@@ -285,7 +285,12 @@ def case_prepare_nested_class_folder(t):
 
 
 def case_duplicate_dataset_in_order(t):
-    return tiny(t.data, "--set=data.order=[Red,Green,Red]", "--out", t.out), ["data.order", "repeated: Red"]
+    return tiny(t.data, "--set=data.order=[Red,Green,Red]", "--out", t.out), ["data.order", "repeated: Red"], 1
+
+
+def case_duplicate_demo_domain(t):
+    return (["demo", "--set=demo.domains=[MNIST,Gems,MNIST]", "--out", t.out], ["demo.domains", "repeated: MNIST"],
+            "nothing created")
 
 
 def case_lr_per_task_misspelled(t):
@@ -412,6 +417,7 @@ CASES = [
     case_deleted_test_folder,
     case_prepare_nested_class_folder,
     case_duplicate_dataset_in_order,
+    case_duplicate_demo_domain,
     case_lr_per_task_misspelled,
     case_nan_in_task_one_has_nothing_to_resume,
     case_config_not_utf8,
