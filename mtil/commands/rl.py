@@ -6,6 +6,7 @@ Needs the optional extra: pip install -e ".[rl]".
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def _compilation_cache():
     """Reuse XLA compilations across runs of the same shapes (seeds, resumes): MTIL_JAX_CACHE, default
     ~/.cache/mtil/jax; MTIL_JAX_CACHE= (empty) turns it off."""
     import jax
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notices at INFO
     folder = os.environ.get("MTIL_JAX_CACHE", str(Path.home() / ".cache" / "mtil" / "jax"))
     if folder:
         jax.config.update("jax_compilation_cache_dir", folder)
