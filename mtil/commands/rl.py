@@ -41,7 +41,6 @@ def _compilation_cache():
     """Reuse XLA compilations across runs of the same shapes (seeds, resumes): MTIL_JAX_CACHE, default
     ~/.cache/mtil/jax; MTIL_JAX_CACHE= (empty) turns it off."""
     import jax
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notices at INFO
     folder = os.environ.get("MTIL_JAX_CACHE", str(Path.home() / ".cache" / "mtil" / "jax"))
     if folder:
         jax.config.update("jax_compilation_cache_dir", folder)
@@ -56,6 +55,7 @@ def execute(args) -> int:
         print(table)
         print("wrote: " + ", ".join(str(f) for f in files))
         return 0
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # jax's "no TPU" notice at INFO
     _require_extra()
     _compilation_cache()
     from ..rl import figures, train
