@@ -81,6 +81,8 @@ def _clean(x):
         return {k: _clean(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)) or (isinstance(x, np.ndarray) and x.ndim):
         return [_clean(v) for v in x]
+    if x is None:
+        return None
     x = float(x)
     return None if math.isnan(x) else x
 
