@@ -29,7 +29,7 @@ def compare_dir(tmp_path_factory, session_cache, demo_run):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MTIL_CACHE", str(session_cache))
         assert main(["compare", "--policies", "none,merge", "--seeds", "0", "--out", str(base),
-                     "--set=data.order=[Colors,Letters,MNIST]", "--set=train.iterations=20",
+                     "--set=data.order=[Letters,Pigments,MNIST]", "--set=train.iterations=20",
                      "--set=output.plots=false"]) == 0
     return base
 
