@@ -147,5 +147,8 @@ def init_state(net, venv, obs_shape, key, params=None) -> TrainState:
     if params is None:
         params = jax.jit(net.init)(k_net, jnp.zeros((1, *obs_shape)))
     obs, env_state = jax.jit(venv.reset)(k_env)
-    return TrainState(params, optim.init(params), nets.obs_norm_init(obs_shape), env_state, obs, k_run,
-                      jnp.int32(0))
+    state = TrainState(params, optim.init(params), nets.obs_norm_init(obs_shape), env_state, obs, k_run,
+                       jnp.int32(0))
+    # no weakly typed leaves (Python ints in env states): the iteration returns strong types, and a weak one
+    # in the first state would compile the whole iteration a second time
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype=x.dtype), state)

@@ -222,7 +222,7 @@ class Run:
         ach = [k for k in window[0] if k.startswith("Achievements/")]
         if ach:
             per = {k.split("/", 1)[1]: mean(k) for k in ach}
-            row["achievements"] = sum(v for v in per.values() if v is not None) / 100.0
+            row["achievements"] = None if row["return"] is None else sum(per.values()) / 100.0
             row["achievement_rates"] = per
         for key in ("loss", "value_loss", "actor_loss", "entropy"):
             row[key] = float(np.mean([m[key] for m in window]))
