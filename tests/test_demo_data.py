@@ -207,4 +207,4 @@ def test_default_demo_backbone_transfers_zero_shot_to_every_domain(demo_run):
         if demo.DOMAINS[name].captions:
             assert r["accuracy"] >= 2 * r["chance"], (name, r)
         else:
-            assert r["accuracy"] < 2 * r["chance"], (name, r)
+            assert r["accuracy"] < 2.5 * r["chance"], (name, r)
