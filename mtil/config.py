@@ -276,10 +276,11 @@ def _cross_base(cfg: dict) -> None:
                         f"moe.num_experts = {n}")
     grow = pol["grow"]
     if pol["name"] == "grow":
-        cap = grow["max_experts"] if grow["max_experts"] is not None else n
-        if grow["granularity"] > cap:
+        # grow sizes its own slots (granularity x growth stages, mtil/policies/grow.py); only max_experts caps them
+        cap = grow["max_experts"]
+        if cap is not None and grow["granularity"] > cap:
             raise MtilError(f"config key 'policy.grow.granularity' = {grow['granularity']} is not allowed; allowed: "
-                            f"at most policy.grow.max_experts (or moe.num_experts) = {cap}")
+                            f"at most policy.grow.max_experts = {cap}")
     lists = {"data.order": data["order"], "demo.domains": cfg["demo"]["domains"],
              "demo.pretrain.domains": cfg["demo"]["pretrain"].get("domains", [])}
     for key, names in lists.items():

@@ -200,6 +200,11 @@ def case_grow_granularity_zero(t):
     return tiny(t.data, "--set=policy.name=grow", "--set=policy.grow.granularity=0", "--out", t.out), ["granularity"]
 
 
+def case_grow_granularity_above_max_experts(t):
+    return tiny(t.data, "--set=policy.name=grow", "--set=policy.grow.granularity=4", "--set=policy.grow.max_experts=2",
+                "--out", t.out), ["policy.grow.granularity", "max_experts = 2"]
+
+
 # values that once leaked a traceback or were accepted silently
 def case_negative_lr(t):
     return tiny(t.data, "--set=train.lr=-1", "--set=train.iterations=1", "--out", t.out), ["train.lr"]
@@ -402,6 +407,7 @@ CASES = [
     case_empty_task_order,
     case_unknown_pretrained_tag,
     case_grow_granularity_zero,
+    case_grow_granularity_above_max_experts,
     pytest.param(case_negative_lr, id="negative_lr"),
     pytest.param(case_eval_batch_size_zero, id="eval_batch_size_zero"),
     pytest.param(case_negative_num_workers, id="negative_num_workers"),

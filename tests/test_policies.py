@@ -270,3 +270,10 @@ def test_granularities_match_active_and_per_sample_params_on_any_number_of_tasks
         for key in ("active_experts", "per_sample"):
             values = [per_task[g][t][key] for g in (1, 2, 4)]
             assert (max(values) - min(values)) / max(values) <= 0.05, (t, key, values)
+
+
+def test_grow_granularity_is_not_capped_by_moe_num_experts():
+    """grow sizes its own slots (g x stages), so a granularity above moe.num_experts is a valid config."""
+    cfg = config.load(None, ["policy.name=grow", "policy.grow.granularity=8", "moe.num_experts=4", "moe.top_k=2"])
+    assert cfg.policy.grow.granularity == 8
+
