@@ -32,7 +32,7 @@ def cell_status(cell: Path) -> str:
 
 
 def _comparable(cfg: dict) -> dict:
-    return report.flatten({**report.stripped_config(cfg), "seed": cfg.get("seed")})
+    return config.flatten({**report.stripped_config(cfg), "seed": cfg.get("seed")})
 
 
 def _differences(saved: dict, now: dict) -> list[str]:

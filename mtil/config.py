@@ -58,6 +58,17 @@ def unwrap(obj: Any) -> Any:
     return obj
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a.b": value} for every leaf of a nested mapping (an empty mapping is a leaf)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def resolve_path(name: str | os.PathLike, relative_to: Path | None = None) -> Path:
     """Find a config file: as given, relative to another config, or in the package's `configs/`."""
     p = Path(name).expanduser()

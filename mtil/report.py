@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from . import metrics, rundir
-from .config import CONFIG_DIR
+from .config import CONFIG_DIR, flatten
 from .errors import MtilError
 
 log = logging.getLogger(__name__)
@@ -63,16 +63,6 @@ def stripped_config(cfg: dict) -> dict:
         if isinstance(node, dict):
             node.pop(leaf, None)
     return cfg
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def run_dirs(paths: list[str | Path]) -> tuple[dict[Path, dict], list[Path]]:

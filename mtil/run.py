@@ -46,20 +46,10 @@ def versions() -> dict:
     return out
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def check_compatible(saved: dict, current: Config, progress: dict | None = None) -> None:
     """Refuse a resume whose config differs from the run's, except RESUME_MAY_CHANGE and, at a task boundary,
     train.lr_per_task of the tasks not started yet (the way on after a NaN loss)."""
-    old, new = _flatten(saved), _flatten(config.unwrap(current))
+    old, new = config.flatten(saved), config.flatten(config.unwrap(current))
     may_change = set(RESUME_MAY_CHANGE)
     if progress is not None and progress["phase"] == "train" and progress["step"] == 0:
         may_change |= {f"train.lr_per_task.{n}" for n in current.data.order[progress["task"]:]}

@@ -529,7 +529,7 @@ def test_every_key_has_a_rule_that_its_default_meets(schema):
     import yaml
     path = config.resolve_path(schema)
     rules = config.schema_rules(path)
-    defaults = report_flatten(yaml.safe_load(path.read_text()))
+    defaults = config.flatten(yaml.safe_load(path.read_text()))
     assert set(rules) == set(defaults)
     missing = sorted(k for k, r in rules.items() if r is None)
     assert not missing, f"keys without a `rule` in {schema}: {missing}"
@@ -537,10 +537,6 @@ def test_every_key_has_a_rule_that_its_default_meets(schema):
         assert config.matches(rule, defaults[key]), (key, rule, defaults[key])
         assert not config.matches(rule, bad_value(rule)), (key, rule)
 
-
-def report_flatten(d):
-    from mtil.report import flatten
-    return flatten(d)
 
 
 @pytest.mark.parametrize("case", CASES + issue_cases() + key_cases(), ids=_ids)
