@@ -133,7 +133,8 @@ class ImageSet(torch.utils.data.Dataset):
         if aug_seed is None:
             return self.transform(img), int(record["label"]), int(index)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(aug_seed)
+            torch.random.default_generator.manual_seed(aug_seed)  # CPU only: torch.manual_seed would also
+            # queue a lazy CUDA seeding (with a stack trace) on every sample of a CUDA build
             return self.transform(img), int(record["label"])
 
 
