@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import checkpoint, config, report, rundir
 from .errors import MtilError
-from .run import CHECKPOINT, Run
+from .run import CHECKPOINT, run
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def run_grid(config_path, overrides: list[str], policies: list[str], seeds: list
             reused.append(cell)
             continue
         log.info("%s: %s", cell.name, "resuming" if status == "partial" else "starting")
-        Run(cfg, cell, resume=status == "partial").execute()
+        run(cfg, cell, resume=status == "partial")
     return [cell for cell, _, _ in plan], reused
 
 

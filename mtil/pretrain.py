@@ -361,3 +361,18 @@ def ensure_demo_assets(cache_dir: str | os.PathLike, cfg_section: Mapping | None
         _atomic_write_text(ckpt_stamp, json.dumps(stamp, indent=1))
         log.info("demo backbone pre-trained in %.1f s -> %s", time.perf_counter() - t0, ckpt)
     return data_root, ckpt
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MTIL_CACHE", Path.home() / ".cache" / "mtil")).expanduser()
+
+
+def resolve_demo_assets(cfg) -> None:
+    """For a config with `data.demo: true`, build (once, into `cache_dir()`) the demo stream and backbone and point
+    `data.root` and `model.pretrained` at them; other configs are left as they are. Runs before a `Run` exists (it
+    may pre-train for minutes with demo.pretrain.threads, before the run's own `threads` applies)."""
+    if not cfg.data.demo:
+        return
+    root, weights = ensure_demo_assets(cache_dir(), cfg.demo, cfg.demo.seed)
+    cfg.data.root = str(root)
+    cfg.model.pretrained = str(weights)

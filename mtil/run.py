@@ -27,13 +27,10 @@ from .train import fit_task
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/last.pt"
-# keys that may differ between the run that wrote a checkpoint and the run that resumes it
+# keys that may differ between the run that wrote a checkpoint and the run that resumes it (the data and
+# backbone paths: a run directory moved to another machine or MTIL_CACHE, the demo's cached assets included)
 RESUME_MAY_CHANGE = {"data.root", "data.num_workers", "eval.batch_size", "eval.pixel_cache_mb", "output.plots",
                      "train.log_every", "model.pretrained"}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MTIL_CACHE", Path.home() / ".cache" / "mtil")).expanduser()
 
 
 def versions() -> dict:
@@ -78,21 +75,17 @@ def prepare_out_dir(out: Path, resume: bool) -> None:
         raise MtilError(f"'{out}' already holds a run; continue it with --resume or choose another --out")
 
 
-def _apply_demo_assets(cfg: Config) -> None:
-    """The embedded demo: build its data and pre-trained tiny CLIP into the cache when missing."""
-    from .pretrain import ensure_demo_assets
-    root, weights = ensure_demo_assets(cache_dir(), cfg.demo, cfg.demo.seed)
-    cfg.data.root = str(root)
-    cfg.model.pretrained = str(weights)
-
-
 class Run:
-    """Holds the live objects of one run; `execute()` does the task loop."""
+    """Holds the live objects of one run; `execute()` does the task loop. It reads `cfg` and never changes it:
+    a demo config comes with its assets resolved (`pretrain.resolve_demo_assets`)."""
 
     def __init__(self, cfg: Config, out: str | os.PathLike, resume: bool = False):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
+        if cfg.data.demo and cfg.model.pretrained is None:
+            raise MtilError("a data.demo config reached the run without its assets; resolve them first with "
+                            "mtil.pretrain.resolve_demo_assets(cfg) (mtil demo, mtil run and mtil.run.run do)")
         self.cfg, self.out, self.resume = cfg, Path(out), resume
         # every value was checked against its base.yaml rule when the config was loaded (mtil.config)
         self.accelerator = Accelerator(mixed_precision="no" if cfg.model.precision == "fp32" else cfg.model.precision)
@@ -100,8 +93,6 @@ class Run:
             prepare_out_dir(self.out, resume)
         self.accelerator.wait_for_everyone()
         set_seed(cfg.seed, device_specific=True)
-        if cfg.data.demo:
-            _apply_demo_assets(cfg)   # pre-training uses demo.pretrain.threads, before the run's setting below
         if cfg.threads:
             torch.set_num_threads(cfg.threads)   # for the rest of the process
         self.backbone = backbone.load(cfg.model.name, cfg.model.pretrained, device=self.accelerator.device)
@@ -260,5 +251,8 @@ class Run:
 
 
 def run(cfg: Config, out: str | os.PathLike, resume: bool = False) -> dict:
-    """Train and evaluate the configured task sequence; returns results.json's content."""
+    """Train and evaluate the configured task sequence (the demo's assets resolved first); returns results.json's
+    content."""
+    from .pretrain import resolve_demo_assets
+    resolve_demo_assets(cfg)
     return Run(cfg, out, resume).execute()

@@ -187,3 +187,24 @@ def test_resume_with_incompatible_config(tiny_args, tmp_path, capsys):
     assert main(["run", *tiny_args, "--set=data.order=[Red]", "--out", str(out)]) == 0
     line = run_error([*tiny_args, "--set=data.order=[Red]", "--set=moe.num_experts=4", "--out", str(out), "--resume"], capsys)
     assert "moe.num_experts" in line
+
+
+def test_run_reads_config_only_demo_assets_resolve_before_it(tmp_path, monkeypatch):
+    from mtil import config, pretrain
+    from mtil.errors import MtilError
+    from mtil.run import Run
+    plain = config.load(None, [])
+    before = config.unwrap(plain)
+    pretrain.resolve_demo_assets(plain)   # a non-demo config is left as it is
+    assert config.unwrap(plain) == before
+    demo = config.load("demo.yaml", [])
+    with pytest.raises(MtilError, match="resolve_demo_assets"):
+        Run(demo, tmp_path / "d")         # unresolved: one clear line, before anything is written
+    assert not (tmp_path / "d").exists()
+    calls = []
+    monkeypatch.setenv("MTIL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pretrain, "ensure_demo_assets",
+                        lambda cache, section, seed: calls.append((cache, seed)) or (cache / "data", cache / "b.pt"))
+    pretrain.resolve_demo_assets(demo)
+    assert calls == [(tmp_path / "cache", demo.demo.seed)]
+    assert (demo.data.root, demo.model.pretrained) == (str(tmp_path / "cache" / "data"), str(tmp_path / "cache" / "b.pt"))

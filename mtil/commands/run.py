@@ -43,7 +43,9 @@ def summary_lines(results: dict, out: Path) -> list[str]:
 
 
 def execute_run(cfg, out: Path, resume: bool) -> int:
+    from ..pretrain import resolve_demo_assets
     from ..run import Run
+    resolve_demo_assets(cfg)   # the demo's cached data and backbone, before the run exists
     created = not out.exists()
     try:
         run = Run(cfg, out, resume)
