@@ -2,7 +2,7 @@
 
 `pretrained` may be an open_clip tag (`openai`), a local checkpoint file, `local-dir:<dir>` (a folder holding
 `open_clip_config.json` and weights, as open_clip writes them), or `None` for random initialisation (tests and
-the demo's own pre-training). The package registers `mtil-tiny` and `mtil-mid` with open_clip at import.
+the demo's own pre-training). `register_models` makes the package's `mtil-tiny` and `mtil-mid` known to open_clip.
 """
 from __future__ import annotations
 
@@ -20,7 +20,12 @@ from .errors import MtilError
 log = logging.getLogger(__name__)
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 TEST_MODELS = tuple(sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json")))
-open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def register_models() -> None:
+    """Add the package's model configs (MODEL_CONFIG_DIR) to open_clip's registry; idempotent."""
+    if not set(TEST_MODELS) <= set(open_clip.list_models()):
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
 @dataclass
@@ -61,6 +66,7 @@ def _classify_pretrained(name: str, pretrained: str | None) -> tuple[str, str | 
 
 def load(name: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> Backbone:
     """Create an open_clip model, load its weights, and freeze it (no grads, eval mode)."""
+    register_models()
     if not name.startswith("local-dir:") and name not in open_clip.list_models():
         raise MtilError(f"unknown model '{name}'; use an open_clip model name (open_clip.list_models(), "
                         f"e.g. ViT-B-16) or a test config: {', '.join(TEST_MODELS)}")

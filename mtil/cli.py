@@ -35,15 +35,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     modules = {}
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        try:
-            module = importlib.import_module(f"mtil.commands.{module_name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"mtil.commands.{module_name}":
-                raise
-            module = None
-        if module is not None:
-            module.add_arguments(p)
-        modules[name] = module
+        modules[name] = importlib.import_module(f"mtil.commands.{module_name}")
+        modules[name].add_arguments(p)
     return parser, modules
 
 
@@ -56,12 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = modules[args.command]
-    if module is None:
-        print(f"mtil: '{args.command}' is not yet available in this version", file=sys.stderr)
-        return 2
     try:
-        return int(module.execute(args) or 0)
+        return int(modules[args.command].execute(args) or 0)
     except MtilError as e:
         print(f"mtil: error: {e}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.pipeline import TaskData, eval_loader, seed_for
+from .data.pipeline import Skipped, TaskData, eval_loader, seed_for
 from .errors import MtilError
 from .moe import AdaptedCLIP
 from .selector import UNSEEN, TaskSelector
@@ -39,7 +39,8 @@ class _Cached:
 
 class Evaluator:
     def __init__(self, model: AdaptedCLIP, tasks: list[TaskData], transform, tokenizer, *, eval_cfg, selector_cfg,
-                 data_cfg, seed: int, shared_router: bool, device, autocast=nullcontext):
+                 data_cfg, seed: int, shared_router: bool, device, autocast=nullcontext,
+                 skipped: Skipped | None = None):
         if eval_cfg.mode not in MODES:
             raise MtilError(f"eval.mode must be one of {', '.join(MODES)}, got {eval_cfg.mode!r}")
         if eval_cfg.mode == "task-free" and not shared_router:
@@ -54,11 +55,12 @@ class Evaluator:
         self._cache: dict[int, _Cached] = {}
         self._zero_shot_text: dict[int, torch.Tensor] = {}
         self._pixel_budget = int(eval_cfg.pixel_cache_mb * 2 ** 20)
+        self.skipped = Skipped() if skipped is None else skipped   # undecodable images (data.bad_images=skip)
 
     # ---- cached, adapter-independent parts -------------------------------------------------------------------
     def _loader(self, ds, name, split):
-        return eval_loader(ds, self.transform, name, split, self.cfg.batch_size, self.data_cfg.num_workers,
-                           self.data_cfg.bad_images)
+        return self.skipped.batches(eval_loader(ds, self.transform, name, split, self.cfg.batch_size,
+                                                self.data_cfg.num_workers, self.data_cfg.bad_images))
 
     @torch.no_grad()
     def _frozen_features(self, ds, name: str, split: str, keep_pixels: bool) -> _Cached:

@@ -30,7 +30,7 @@ from open_clip.loss import ClipLoss
 from timm.scheduler import CosineLRScheduler
 from tqdm.auto import tqdm
 
-from . import backbone  # noqa: F401  (registers mtil-tiny / mtil-mid with open_clip)
+from .backbone import register_models
 from .config import unwrap
 from .data import demo
 from .data.prepared import is_prepared
@@ -115,6 +115,7 @@ def pretrain_clip(images: np.ndarray, captions: Sequence[str], cfg_section: Mapp
         raise MtilError(f"pre-training needs as many captions as images (at least 2): "
                         f"{len(images)} images, {len(captions)} captions")
     steps, batch = int(p["steps"]), min(int(p["batch_size"]), len(images))
+    register_models()
     with _threads(int(p.get("threads") or 0)), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = open_clip.create_model(name, pretrained=None, device=device)
@@ -214,6 +215,7 @@ def zero_shot_report(data_root: str | os.PathLike, checkpoint_path: str | os.Pat
     with the class names and templates the rest of mtil uses for it (`mtil.data.prepared.load_info`)."""
     from .data.prepared import load_info, load_split
 
+    register_models()
     model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=str(checkpoint_path))
     tokenizer = open_clip.get_tokenizer(model_name)
     report = {}
@@ -272,6 +274,7 @@ def demo_vocabulary(tokenizer) -> torch.Tensor:
 def export_packaged(state: Mapping[str, torch.Tensor], key: Mapping, path: str | os.PathLike = PACKAGED) -> Path:
     """Write a pre-trained demo backbone as the packaged file: fp16 floats, token-embedding rows of
     `demo_vocabulary` only, and the recipe stamp `key` (see `_pretrain_key`)."""
+    register_models()
     rows = demo_vocabulary(open_clip.get_tokenizer(key["model"]))
     packed = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
     packed["token_embedding.weight"] = packed["token_embedding.weight"][rows].clone()

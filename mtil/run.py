@@ -106,11 +106,12 @@ class Run:
         kwargs.update(policies.moe_overrides(cfg))
         self.adapted = moe.attach(self.backbone.model, **kwargs)
         self.tracker = UsageTracker(self.adapted)
+        self.skipped = pipeline.Skipped()   # undecodable images skipped in this run, each counted and logged once
         self.policy = policies.build(cfg, self.adapted, self.tracker)
         self.evaluator = Evaluator(self.adapted, self.tasks, self.backbone.preprocess_val, self.backbone.tokenizer,
                                    eval_cfg=cfg.eval, selector_cfg=cfg.selector, data_cfg=cfg.data, seed=cfg.seed,
                                    shared_router=cfg.moe.router == "shared", device=self.accelerator.device,
-                                   autocast=self.accelerator.autocast)
+                                   autocast=self.accelerator.autocast, skipped=self.skipped)
         self.progress = {"task": 0, "phase": "train", "step": 0, "global_step": 0}
         self.rows: list[list[float]] = []
         self.selector_accuracy: list[float | None] = []
@@ -209,7 +210,7 @@ class Run:
                         tracker=self.tracker, task=self.tasks[t], task_index=t, router=routers[t], cfg=self.cfg,
                         transform=self.backbone.preprocess_train, tokenizer=self.backbone.tokenizer,
                         start_step=self.progress["step"], global_step=self.progress["global_step"],
-                        resume_state=self.train_state, save_checkpoint=save_mid_task)
+                        resume_state=self.train_state, save_checkpoint=save_mid_task, skipped=self.skipped)
                 except NonFiniteLoss as e:
                     raise MtilError(f"{e}; {self._nan_advice(t)}") from None
                 self.train_state = None

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import optim
-from .data.pipeline import SKIPPED, TaskData, train_loader
+from .data.pipeline import Skipped, TaskData, train_loader
 from .errors import MtilError, NonFiniteLoss
 from .policies import Policy, TrainContext
 
@@ -31,7 +31,7 @@ def task_lr(train_cfg, name: str) -> float:
 
 def fit_task(*, accelerator, model, adapted, policy: Policy, tracker, task: TaskData, task_index: int, router: int,
              cfg, transform, tokenizer, start_step: int, global_step: int, resume_state: dict | None,
-             save_checkpoint: Callable[[dict], None]) -> int:
+             save_checkpoint: Callable[[dict], None], skipped: Skipped | None = None) -> int:
     """Train task `task_index` from `start_step` to `cfg.train.iterations`; returns the new global step.
 
     `model` is what accelerate prepared (maybe DDP-wrapped), `adapted` the bare `AdaptedCLIP`.
@@ -59,7 +59,8 @@ def fit_task(*, accelerator, model, adapted, policy: Policy, tracker, task: Task
     adapted.routing.tracking = True
     adapted.routing.balance = cfg.moe.balance_weight > 0
     model.train()
-    bar = tqdm(loader, total=len(loader), desc=f"task {task_index + 1} {task.name}", leave=False, disable=None)
+    skipped = Skipped() if skipped is None else skipped
+    bar = tqdm(skipped.batches(loader), total=len(loader), desc=f"task {task_index + 1} {task.name}", leave=False, disable=None)
     for batch in bar:
         if batch is None:
             continue
@@ -94,7 +95,7 @@ def fit_task(*, accelerator, model, adapted, policy: Policy, tracker, task: Task
     adapted.close_router(router)     # later growth cannot reach this task's router (kept in the checkpoint)
     tracker.end_task()
     guard.remove()
-    skipped = SKIPPED.get((task.name, "train"), 0)
-    if skipped:
-        log.warning("%s: %d undecodable training images skipped (data.bad_images=skip)", task.name, skipped)
+    if skipped[(task.name, "train")]:
+        log.warning("%s: %d undecodable training images skipped (data.bad_images=skip)", task.name,
+                    skipped[(task.name, "train")])
     return ctx.global_step

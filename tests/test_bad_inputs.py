@@ -578,20 +578,20 @@ def test_failure_after_a_task_keeps_its_row_and_checkpoint(data_copy, tmp_path, 
     assert main(["run", *tiny(data_copy, "--out", str(out), "--resume")]) == 0
 
 
-def test_bad_images_skip_finishes_and_counts(data_copy, tmp_path, caplog):
-    from mtil.data import pipeline
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_images_skip_finishes_and_counts(data_copy, tmp_path, caplog, workers):
     corrupt_image(data_copy, "Red", "train", 3)
     corrupt_image(data_copy, "Green", "test", 2)
-    pipeline.SKIPPED.clear()
     out = tmp_path / "o"
     with caplog.at_level("WARNING"):
         assert main(["run", *tiny(data_copy, "--set=data.bad_images=skip", "--set=train.iterations=12",
-                             "--out", str(out))]) == 0
-    # images, not draws: 12 steps x 8 of 24 images draw image 3 of Red/train about four times, it counts once
-    assert pipeline.SKIPPED[("Red", "train")] == 1 and pipeline.SKIPPED[("Green", "test")] == 1
-    assert any("1 undecodable training images skipped" in r.getMessage() and "Red" in r.getMessage()
-               for r in caplog.records)
-    assert any("image 2 of Green/test cannot be decoded" in r.getMessage() for r in caplog.records)
+                             f"--set=data.num_workers={workers}", "--out", str(out))]) == 0
+    # images, not draws: 12 steps x 8 of 24 images draw image 3 of Red/train about four times, it counts once;
+    # counted in this process even when loader workers decode
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("image 3 of Red/train cannot be decoded" in m for m in messages) == 1
+    assert sum("image 2 of Green/test cannot be decoded" in m for m in messages) == 1
+    assert sum("Red: 1 undecodable training images skipped" in m for m in messages) == 1
     import json
     results = json.loads((out / "results.json").read_text())
     assert results["complete"] and len(results["matrix"]) == 3

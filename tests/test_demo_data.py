@@ -8,11 +8,13 @@ import open_clip
 import pytest
 import torch
 
-from mtil import pretrain
+from mtil import backbone, pretrain
 from mtil.config import wrap
 from mtil.data import demo
 from mtil.data.prepared import load_info, load_split
 from mtil.errors import MtilError
+
+backbone.register_models()   # the tests below create mtil-tiny through open_clip directly
 
 
 def small_cfg(**pretrain_over):

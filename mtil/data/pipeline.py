@@ -7,7 +7,8 @@ sees exactly the batches an uninterrupted run sees, whatever the number of loade
 processes each takes its slice of the global batch.
 
 Undecodable images: `data.bad_images: fail` stops with one line naming the dataset and index (re-prepare it);
-`skip` drops the sample from its batch and counts it (`SKIPPED`), logged at the end of the task.
+`skip` drops the sample from its batch; the loaders report each skipped image with its batch, and the main
+process counts them (`Skipped`: loader workers are separate processes, so a count kept there would be lost).
 """
 from __future__ import annotations
 
@@ -26,8 +27,20 @@ from ..errors import MtilError
 from . import prepared
 
 log = logging.getLogger(__name__)
-class _Skipped(Counter):
-    """(dataset, split) -> distinct undecodable images skipped in this process (an image drawn again counts once)."""
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """What a loader item is for an image that cannot be decoded under data.bad_images=skip."""
+    dataset: str
+    split: str
+    index: int
+    error: str
+
+
+class Skipped(Counter):
+    """(dataset, split) -> distinct undecodable images skipped (an image drawn again counts once), counted in the
+    main process from what each batch reports."""
 
     def __init__(self):
         super().__init__()
@@ -42,12 +55,15 @@ class _Skipped(Counter):
         self[(dataset, split)] += 1
         return True
 
-    def clear(self) -> None:
-        super().clear()
-        self.indices.clear()
-
-
-SKIPPED = _Skipped()
+    def batches(self, loader):
+        """The batches of `loader` (None where every image of one was skipped), counting the images each skipped
+        and logging an image the first time."""
+        for batch, skipped in loader:
+            for bad in skipped:
+                if self.add(bad.dataset, bad.split, bad.index):
+                    log.warning("image %d of %s/%s cannot be decoded (%s); skipped (data.bad_images=skip)",
+                                bad.index, bad.dataset, bad.split, bad.error)
+            yield batch
 
 
 def seed_for(*parts) -> int:
@@ -97,7 +113,7 @@ def load_task(data_cfg, name: str, seed: int) -> TaskData:
     return TaskData(info.name if hasattr(info, "name") else name, list(info.classnames), list(info.templates), train, test)
 
 
-def decode(record, dataset: str, split: str, index: int, bad_images: str) -> Image.Image | None:
+def decode(record, dataset: str, split: str, index: int, bad_images: str) -> Image.Image | Undecodable:
     image = record["image"]
     try:
         if image.get("bytes") is not None:
@@ -107,16 +123,14 @@ def decode(record, dataset: str, split: str, index: int, bad_images: str) -> Ima
         return img.convert("RGB")
     except Exception as e:  # PIL raises many types for broken files
         if bad_images == "skip":
-            if SKIPPED.add(dataset, split, index):
-                log.warning("image %d of %s/%s cannot be decoded (%s); skipped (data.bad_images=skip)", index,
-                            dataset, split, type(e).__name__)
-            return None
+            return Undecodable(dataset, split, index, type(e).__name__)
         raise MtilError(f"image {index} of {dataset}/{split} cannot be decoded ({type(e).__name__}); re-run "
                         f"`mtil prepare {dataset}` or set data.bad_images=skip to skip and count such images") from None
 
 
 class ImageSet(torch.utils.data.Dataset):
-    """Indexable by `(index, aug_seed)` (training: yields image, label) or `index` (evaluation: image, label, index)."""
+    """Indexable by `(index, aug_seed)` (training: yields image, label) or `index` (evaluation: image, label, index);
+    an `Undecodable` for a skipped image."""
 
     def __init__(self, ds, transform: Callable, name: str, split: str, bad_images: str):
         self.ds, self.transform, self.name, self.split, self.bad_images = ds, transform, name, split, bad_images
@@ -128,8 +142,8 @@ class ImageSet(torch.utils.data.Dataset):
         index, aug_seed = key if isinstance(key, tuple) else (key, None)
         record = self.ds[int(index)]
         img = decode(record, self.name, self.split, int(index), self.bad_images)
-        if img is None:
-            return None
+        if isinstance(img, Undecodable):
+            return img
         if aug_seed is None:
             return self.transform(img), int(record["label"]), int(index)
         with torch.random.fork_rng(devices=[]):
@@ -139,11 +153,13 @@ class ImageSet(torch.utils.data.Dataset):
 
 
 def collate(items):
-    """Stack (image, label[, index]) items, dropping skipped (None) ones; None if nothing is left."""
-    items = [x for x in items if x is not None]
+    """(stacked (image, label[, index]) items or None if every item was skipped, the `Undecodable` items)."""
+    skipped = [x for x in items if isinstance(x, Undecodable)]
+    items = [x for x in items if not isinstance(x, Undecodable)]
     if not items:
-        return None
-    return (torch.stack([x[0] for x in items]),) + tuple(torch.tensor([x[i] for x in items]) for i in range(1, len(items[0])))
+        return None, skipped
+    return (torch.stack([x[0] for x in items]),) + tuple(torch.tensor([x[i] for x in items])
+                                                         for i in range(1, len(items[0]))), skipped
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -183,6 +199,7 @@ class StepBatches(torch.utils.data.Sampler):
 
 def train_loader(task: TaskData, transform, *, seed: int, task_index: int, start: int, stop: int, batch_size: int,
                  rank: int, world: int, workers: int, bad_images: str) -> torch.utils.data.DataLoader:
+    """Each step's batch as (batch or None, skipped); `Skipped.batches` turns it into batches and a count."""
     sampler = StepBatches(len(task.train), batch_size, seed, task_index, start, stop, rank, world)
     return torch.utils.data.DataLoader(ImageSet(task.train, transform, task.name, "train", bad_images),
                                        batch_sampler=sampler, num_workers=workers, collate_fn=collate,
@@ -191,7 +208,7 @@ def train_loader(task: TaskData, transform, *, seed: int, task_index: int, start
 
 
 def eval_loader(ds, transform, name: str, split: str, batch_size: int, workers: int, bad_images: str):
-    """Batches over a split in order, yielding (images, labels, indices) so skipped images keep alignment."""
+    """Batches over a split in order, yielding ((images, labels, indices), skipped) so skipped images keep alignment."""
     return torch.utils.data.DataLoader(ImageSet(ds, transform, name, split, bad_images), batch_size=batch_size,
                                        shuffle=False, num_workers=workers, collate_fn=collate,
                                        generator=torch.Generator().manual_seed(0))  # keeps the global RNG untouched
