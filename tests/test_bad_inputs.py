@@ -5,6 +5,7 @@ Cases already covered in tests/test_run.py (not repeated here): missing data roo
 config key, wrong type in config, unknown model / policy / tower, missing pretrained file, class-count mismatch,
 NaN loss, an existing run not overwritten, `--resume` with no checkpoint, resume with an incompatible config.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -241,7 +242,6 @@ def case_negative_threads(t):
 # ---- issue 15: values checked at load (before any model, data or demo asset), data consistency, other commands ----
 def _set_names(root: Path, task: str, split: str, names: list[str]) -> None:
     """Rewrite the class names a split's ClassLabel stores (its labels stay as they are)."""
-    import json
     info_file = root / task / split / "dataset_info.json"
     info = json.loads(info_file.read_text())
     info["features"]["label"]["names"] = names
@@ -342,7 +342,6 @@ def case_demo_unknown_policy_before_assets(t):
 
 
 def _fake_run(path: Path, complete: bool = True, tasks=("Red", "Green")) -> Path:
-    import json
     path.mkdir(parents=True)
     rows = [[50.0 + i, 40.0 + i] for i in range(len(tasks) if complete else 1)]
     (path / "results.json").write_text(json.dumps({"tasks": list(tasks), "matrix": rows, "complete": complete}))
@@ -583,16 +582,24 @@ def test_bad_images_skip_finishes_and_counts(data_copy, tmp_path, caplog, worker
     corrupt_image(data_copy, "Red", "train", 3)
     corrupt_image(data_copy, "Green", "test", 2)
     out = tmp_path / "o"
-    with caplog.at_level("WARNING"):
-        assert main(["run", *tiny(data_copy, "--set=data.bad_images=skip", "--set=train.iterations=12",
-                             f"--set=data.num_workers={workers}", "--out", str(out))]) == 0
+    argv = ["run", *tiny(data_copy, "--set=data.bad_images=skip", "--set=train.iterations=12",
+                         f"--set=data.num_workers={workers}", "--out", str(out))]
+    if workers:
+        # a fresh process: this one may have JAX loaded (the `mtil rl` rows), and forking loader workers beside
+        # JAX's threads can deadlock
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-m", "mtil", *argv], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+        messages = proc.stderr.splitlines()
+    else:
+        with caplog.at_level("WARNING"):
+            assert main(argv) == 0
+        messages = [r.getMessage() for r in caplog.records]
     # images, not draws: 12 steps x 8 of 24 images draw image 3 of Red/train about four times, it counts once;
-    # counted in this process even when loader workers decode
-    messages = [r.getMessage() for r in caplog.records]
+    # counted in the main process even when loader workers decode
     assert sum("image 3 of Red/train cannot be decoded" in m for m in messages) == 1
     assert sum("image 2 of Green/test cannot be decoded" in m for m in messages) == 1
     assert sum("Red: 1 undecodable training images skipped" in m for m in messages) == 1
-    import json
     results = json.loads((out / "results.json").read_text())
     assert results["complete"] and len(results["matrix"]) == 3
 
