@@ -292,6 +292,10 @@ def _cross_base(cfg: dict) -> None:
         if cap is not None and grow["granularity"] > cap:
             raise MtilError(f"config key 'policy.grow.granularity' = {grow['granularity']} is not allowed; allowed: "
                             f"at most policy.grow.max_experts = {cap}")
+    if cfg["eval"]["mode"] == "task-free" and moe_["router"] != "shared":
+        raise MtilError("config key 'eval.mode' = 'task-free' is not allowed with moe.router = "
+                        f"{moe_['router']!r}; allowed: task-free with moe.router=shared (per-task routers need a task "
+                        "identity: use eval.mode=selector or oracle)")
     lists = {"data.order": data["order"], "demo.domains": cfg["demo"]["domains"],
              "demo.pretrain.domains": cfg["demo"]["pretrain"].get("domains", [])}
     for key, names in lists.items():

@@ -43,9 +43,6 @@ class Evaluator:
                  skipped: Skipped | None = None):
         if eval_cfg.mode not in MODES:
             raise MtilError(f"eval.mode must be one of {', '.join(MODES)}, got {eval_cfg.mode!r}")
-        if eval_cfg.mode == "task-free" and not shared_router:
-            raise MtilError("eval.mode=task-free needs one shared router (moe.router=shared); per-task routers need "
-                            "a task identity: use eval.mode=selector or oracle")
         self.model, self.tasks, self.transform, self.tokenizer = model, tasks, transform, tokenizer
         self.cfg, self.data_cfg, self.seed = eval_cfg, data_cfg, seed
         self.shared_router, self.device, self.autocast = shared_router, device, autocast

@@ -169,6 +169,11 @@ def case_unknown_eval_mode(t):
     return tiny(t.data, "--set=eval.mode=bogus", "--out", t.out), ["eval.mode", "oracle"]
 
 
+def case_task_free_with_per_task_routers(t):
+    return tiny(t.data, "--set=eval.mode=task-free", "--set=moe.router=per_task", "--out", t.out), \
+        ["eval.mode", "moe.router=shared"]
+
+
 def case_unknown_precision(t):
     return tiny(t.data, "--set=model.precision=fp8", "--out", t.out), ["model.precision"]
 
@@ -398,6 +403,7 @@ CASES = [
     case_config_not_a_mapping,
     case_override_without_equals,
     case_unknown_eval_mode,
+    case_task_free_with_per_task_routers,
     case_unknown_precision,
     case_unknown_router_mode,
     case_unknown_gating,

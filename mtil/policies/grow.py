@@ -57,14 +57,8 @@ class Grow(Policy):
     @staticmethod
     def moe_overrides(cfg) -> dict:
         gc = cfg.policy.grow
-        g = gc.granularity
-        if g < 1:
-            raise MtilError(f"policy.grow.granularity must be >= 1, got {g}")
-        if gc.width_rounding not in ("floor", "nearest"):
-            raise MtilError(f"policy.grow.width_rounding must be floor or nearest, got {gc.width_rounding!r}")
+        g = gc.granularity  # its range, width_rounding's choices and the max_experts cap are config rules
         experts = final_experts(cfg)
-        if g > experts:
-            raise MtilError(f"policy.grow.granularity={g} exceeds policy.grow.max_experts={experts}")
         out = {"num_experts": experts}
         if gc.scale_hidden:
             out["hidden"] = functools.partial(expert_width, hidden=cfg.moe.hidden, budget_experts=stages(cfg),
