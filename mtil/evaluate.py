@@ -46,8 +46,9 @@ class Evaluator:
         self.model, self.tasks, self.transform, self.tokenizer = model, tasks, transform, tokenizer
         self.cfg, self.data_cfg, self.seed = eval_cfg, data_cfg, seed
         self.shared_router, self.device, self.autocast = shared_router, device, autocast
-        self.selector = TaskSelector(selector_cfg.method, selector_cfg.components, selector_cfg.quantile,
-                                     selector_cfg.margin, selector_cfg.mode)
+        self.selector = TaskSelector(selector_cfg.method, components=selector_cfg.components,
+                                     neighbours=selector_cfg.neighbours, quantile=selector_cfg.quantile,
+                                     margin=selector_cfg.margin, mode=selector_cfg.mode)
         self.max_fit = selector_cfg.max_fit_samples
         self._cache: dict[int, _Cached] = {}
         self._zero_shot_text: dict[int, torch.Tensor] = {}

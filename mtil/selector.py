@@ -2,8 +2,11 @@
 
 Per seen task a model is fitted on (up to `selector.max_fit_samples` of) its training images and gives each
 sample a distance; the task's threshold is the `quantile` of the distances of its own training images, and a
-sample's score for the task is distance / threshold. Two models (`selector.method`):
-  * `gaussian` (default): class-conditional Gaussians with one shared, Ledoit-Wolf-shrunk covariance per task;
+sample's score for the task is distance / threshold. Three models (`selector.method`):
+  * `knn` (default): cosine distance to the `neighbours`-th nearest training image of the task (Sun et al. 2022's
+    deep-nearest-neighbour novelty score); the training distances behind the threshold leave each image itself
+    out, so a seen task's test images score like its training images; the task is the one of lowest score;
+  * `gaussian`: class-conditional Gaussians with one shared, Ledoit-Wolf-shrunk covariance per task;
     distance = squared Mahalanobis distance to the nearest class mean of the task; the task is chosen by the
     Gaussian log-likelihood (distance + log det of the task's covariance), the unseen test uses the score;
   * `pca`: a `components`-dimensional PCA per task; distance = squared reconstruction error.
@@ -23,7 +26,7 @@ from sklearn.decomposition import PCA
 from .errors import MtilError
 
 UNSEEN = -1
-METHODS = ("gaussian", "pca")
+METHODS = ("knn", "gaussian", "pca")
 MODES = ("sample", "batch")
 
 
@@ -38,11 +41,30 @@ class _PCAModel:
         recon = self.pca.inverse_transform(self.pca.transform(x))
         return ((x - recon) ** 2).sum(axis=1)
 
+    training_distance = distance
+
+
+class _KNNModel:
+    logdet = 0.0   # tasks are compared by their threshold-relative distances alone
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, neighbours: int):
+        self.bank = x / np.linalg.norm(x, axis=1, keepdims=True)
+        self.k = max(1, min(neighbours, len(x) - 1))
+
+    def distance(self, x: np.ndarray, leave_self_out: bool = False) -> np.ndarray:
+        sim = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ self.bank.T
+        if leave_self_out:
+            np.fill_diagonal(sim, -np.inf)
+        return 1.0 - np.partition(sim, -self.k, axis=1)[:, -self.k]
+
+    def training_distance(self, x: np.ndarray) -> np.ndarray:
+        return self.distance(x, leave_self_out=True)
+
 
 class _GaussianModel:
     """Class means + one within-class covariance (Ledoit-Wolf shrinkage) of one task."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, components: int):
+    def __init__(self, x: np.ndarray, y: np.ndarray, size: int = 0):   # no size knob
         classes = np.unique(y)
         self.means = np.stack([x[y == c].mean(axis=0) for c in classes])
         residual = x - self.means[np.searchsorted(classes, y)]
@@ -54,25 +76,28 @@ class _GaussianModel:
         diff = x[:, None, :] - self.means[None]                       # [n, classes, d]
         return np.einsum("nkd,de,nke->nk", diff, self.precision, diff).min(axis=1)
 
+    training_distance = distance
 
-_MODELS = {"gaussian": _GaussianModel, "pca": _PCAModel}
+
+_MODELS = {"knn": _KNNModel, "gaussian": _GaussianModel, "pca": _PCAModel}
 
 
 class TaskSelector:
-    def __init__(self, method: str = "gaussian", components: int = 16, quantile: float = 0.95,
-                 margin: float = 1.5, mode: str = "sample"):
+    def __init__(self, method: str = "knn", *, components: int = 16, neighbours: int = 5, quantile: float = 0.99,
+                 margin: float = 1.0, mode: str = "sample"):
         if method not in METHODS:
             raise MtilError(f"selector.method must be one of {', '.join(METHODS)}, got {method!r}")
         if mode not in MODES:
             raise MtilError(f"selector.mode must be one of {', '.join(MODES)}, got {mode!r}")
-        self.method, self.components, self.quantile, self.margin, self.mode = method, components, quantile, margin, mode
+        self.method, self.quantile, self.margin, self.mode = method, quantile, margin, mode
+        self.size = {"knn": neighbours, "pca": components, "gaussian": 0}[method]   # the model's one size knob
         self.models: dict[int, tuple[object, float]] = {}
 
     def fit_task(self, task: int, features: torch.Tensor, labels: torch.Tensor) -> None:
         x = features.float().cpu().numpy().astype(np.float64)
         y = labels.cpu().numpy()
-        model = _MODELS[self.method](x, y, self.components)
-        threshold = float(np.quantile(model.distance(x), self.quantile)) + 1e-12
+        model = _MODELS[self.method](x, y, self.size)
+        threshold = float(np.quantile(model.training_distance(x), self.quantile)) + 1e-12
         self.models[task] = (model, threshold)
 
     def _distances(self, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Task selector: Gaussian and PCA scores, per-sample and batch-level (DDAS) decisions, against hand-written
+"""Task selector: k-NN, Gaussian and PCA scores, per-sample and batch-level (DDAS) decisions, against hand-written
 references on synthetic features."""
 import numpy as np
 import pytest
@@ -49,7 +49,25 @@ def test_gaussian_distance_matches_a_hand_written_mahalanobis(tasks):
     np.testing.assert_allclose(sel.scores(torch.tensor(probe))[:, 0], ref / np.quantile(train_d, 0.9), rtol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["gaussian", "pca"])
+def test_knn_distance_matches_a_hand_written_kth_neighbour(tasks):
+    """Score = (1 - cosine similarity to the k-th nearest training image) / the quantile of the training images'
+    own k-th-neighbour distances, each image left out of its own neighbours."""
+    (x, _), _ = tasks[0]
+    sel = _fit(tasks, seen=1, method="knn", neighbours=4, quantile=0.8)
+    bank = x.double().numpy()
+    bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+
+    def kth(p, exclude=None):
+        sims = sorted((float(p @ b) for j, b in enumerate(bank) if j != exclude), reverse=True)
+        return 1.0 - sims[3]
+
+    probe = tasks[1][1][0].double().numpy()[:7] * 3.0              # scale must not matter (cosine)
+    ref = np.array([kth(p / np.linalg.norm(p)) for p in probe])
+    thr = np.quantile([kth(b, exclude=j) for j, b in enumerate(bank)], 0.8)
+    np.testing.assert_allclose(sel.scores(torch.tensor(probe))[:, 0], ref / thr, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["knn", "gaussian", "pca"])
 def test_per_sample_finds_the_task_and_sends_an_unseen_domain_to_zero_shot(tasks, method):
     sel = _fit(tasks, method=method, components=3, margin=1.5)
     for t in range(3):
@@ -80,6 +98,6 @@ def test_batch_mode_is_one_ddas_decision_per_batch(tasks):
 def test_no_task_seen_is_all_unseen_and_bad_options_are_one_line():
     assert (TaskSelector().predict(torch.zeros(4, D)) == UNSEEN).all()
     with pytest.raises(MtilError, match="selector.method"):
-        TaskSelector(method="knn")
+        TaskSelector(method="mahalanobis")
     with pytest.raises(MtilError, match="selector.mode"):
         TaskSelector(mode="dataset")
