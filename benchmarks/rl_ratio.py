@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import jax
+
     from mtil.rl import train
 
     cfg = train.load_config(args.config, args.overrides)

@@ -41,8 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import backbone, moe, optim
+from .engine import optimizer as optim
 from .errors import MtilError
+from .model import backbone, moe
 
 log = logging.getLogger(__name__)
 
@@ -510,7 +511,7 @@ def synthetic_tasks(n_tasks: int, classes: int, templates: int, n_train: int, n_
 
 def bench_eval(f: StepFactory) -> dict:
     from . import config
-    from .evaluate import Evaluator
+    from .engine.evaluate import Evaluator
 
     s = f.s
     tasks = synthetic_tasks(s.eval_tasks, s.eval_classes, s.eval_templates, s.eval_train, s.eval_test,

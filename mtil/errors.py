@@ -19,4 +19,4 @@ class MtilError(Exception):
 
 
 class NonFiniteLoss(MtilError):
-    """The training loss became NaN or infinite; `mtil.run` adds what the user can do from the run's checkpoint."""
+    """The training loss became NaN or infinite; `mtil.engine.run` adds what the user can do from the run's checkpoint."""

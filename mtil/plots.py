@@ -31,7 +31,7 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
 from .errors import MtilError
-from .rundir import TOWERS, RunRecord, load_run
+from .rundir.read import TOWERS, RunRecord, load_run
 
 log = logging.getLogger(__name__)
 

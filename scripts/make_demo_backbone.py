@@ -1,4 +1,4 @@
-"""Write the demo's packaged backbone, mtil/assets/demo-backbone.pt, with the recipe of base.yaml's `demo:`.
+"""Write the demo's packaged backbone, mtil/demo/assets/demo-backbone.pt, with the recipe of base.yaml's `demo:`.
 
     python scripts/make_demo_backbone.py                 # pre-train (one torch thread) and package
     python scripts/make_demo_backbone.py --from CKPT     # package a checkpoint this recipe already produced
@@ -11,8 +11,8 @@ import logging
 
 import torch
 
-from mtil import pretrain
-from mtil.data import demo
+from mtil.demo import domains as demo
+from mtil.demo import pretrain
 
 
 def main() -> None:

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtil import config, moe
+from mtil import config
 from mtil.cli import main
+from mtil.model import moe
 
 HERE = Path(__file__).resolve().parent
 
@@ -131,7 +132,7 @@ def case_checkpoint_unreadable(t):
 
 def case_checkpoint_from_another_moe_config(t):
     """A checkpoint whose adapters were written with 4 experts (its config.yaml is gone, so only the tensors tell)."""
-    from mtil import backbone
+    from mtil.model import backbone
     other = moe.attach(backbone.load("mtil-tiny", None).model, num_experts=4, top_k=2, hidden=8, num_routers=3)
     out = Path(t.out)
     (out / "checkpoints").mkdir(parents=True)

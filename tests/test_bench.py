@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from mtil import bench, moe
+from mtil import bench
 from mtil.cli import main
 from mtil.commands.bench import render
+from mtil.model import moe
 
 TINY = dict(model="tiny", batch=4, classes=3, experts=6, top_k=2, hidden=8, routers=3, rounds=1, steps=1, warmup=1,
             expert_grid=(2, 6), topk_grid=(1, 2), dispatch_batch=4, eval_tasks=2, eval_classes=3,

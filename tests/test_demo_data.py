@@ -8,11 +8,12 @@ import open_clip
 import pytest
 import torch
 
-from mtil import backbone, pretrain
 from mtil.config import wrap
-from mtil.data import demo
 from mtil.data.prepared import load_info, load_split
+from mtil.demo import domains as demo
+from mtil.demo import pretrain
 from mtil.errors import MtilError
+from mtil.model import backbone
 
 backbone.register_models()   # the tests below create mtil-tiny through open_clip directly
 

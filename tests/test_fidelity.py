@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtil import backbone, moe, optim
+from mtil.engine import optimizer as optim
+from mtil.model import backbone, moe
 
 TOL = dict(atol=1e-6, rtol=0)
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtil import backbone, moe, optim
+from mtil.engine import optimizer as optim
 from mtil.errors import MtilError
+from mtil.model import backbone, moe
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 import copy
 import json
 import logging
-
 from types import SimpleNamespace
 
 import pytest
@@ -10,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from mtil import cli
-from mtil.plasticity import methods as registry
 from mtil.errors import MtilError
+from mtil.plasticity import methods as registry
 from mtil.plasticity import study
 from mtil.plasticity.methods.dynamic_moe import MoELayer
 from mtil.plasticity.models import mlp3_params, n_params

@@ -15,7 +15,7 @@ from PIL import Image
 from mtil import plots
 from mtil.cli import main
 from mtil.errors import MtilError
-from mtil.rundir import find_runs, load_run
+from mtil.rundir.read import find_runs, load_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -7,10 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtil import backbone, config, moe, optim, policies
+from mtil import config, policies
 from mtil.cli import main
+from mtil.engine import optimizer as optim
+from mtil.model import backbone, moe
+from mtil.model.usage import UsageTracker
 from mtil.policies import TrainContext
-from mtil.tracker import UsageTracker
 
 
 def results(out):

@@ -22,15 +22,15 @@ import pytest
 import torch
 import yaml
 
-from mtil import checkpoint
 from mtil.cli import main
+from mtil.rundir import files as checkpoint
 
 PAUSE_HOOK = textwrap.dedent('''
     import os
     _spec = os.environ.get("MTIL_TEST_PAUSE_WRITE")
     if _spec:
         import io, sys, time
-        import mtil.checkpoint as _ck
+        import mtil.rundir.files as _ck
         _name, _nth = _spec.rsplit(":", 1)
         _original, _seen = _ck.atomic_write, [0]
 

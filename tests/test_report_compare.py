@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 import pytest
+import yaml
 
 from mtil.cli import main
 

@@ -5,9 +5,10 @@ import shutil
 import numpy as np
 import pytest
 
-from mtil import evaluate, metrics
+from mtil import metrics
 from mtil.cli import main
-from mtil.tracker import UsageTracker
+from mtil.engine import evaluate
+from mtil.model.usage import UsageTracker
 
 
 def results(out):
@@ -190,9 +191,10 @@ def test_resume_with_incompatible_config(tiny_args, tmp_path, capsys):
 
 
 def test_run_reads_config_only_demo_assets_resolve_before_it(tmp_path, monkeypatch):
-    from mtil import config, pretrain
+    from mtil import config
+    from mtil.demo import pretrain
+    from mtil.engine.run import Run
     from mtil.errors import MtilError
-    from mtil.run import Run
     plain = config.load(None, [])
     before = config.unwrap(plain)
     pretrain.resolve_demo_assets(plain)   # a non-demo config is left as it is

@@ -5,8 +5,8 @@ import pytest
 import torch
 from sklearn.covariance import LedoitWolf
 
+from mtil.engine.selector import UNSEEN, TaskSelector
 from mtil.errors import MtilError
-from mtil.selector import UNSEEN, TaskSelector
 
 D = 12
 

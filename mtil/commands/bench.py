@@ -111,7 +111,7 @@ def execute(args) -> int:
         return 0
     result = bench.run(settings)
     if args.out:
-        from ..checkpoint import write_json
+        from ..rundir.files import write_json
         write_json(Path(args.out), result)
     print(json.dumps(result, indent=2) if args.json else "\n".join(render(result)))
     return 0

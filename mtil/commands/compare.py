@@ -16,7 +16,7 @@ def add_arguments(p) -> None:
 
 def execute(args) -> int:
     from .. import policies
-    from ..compare import run_grid, summarize_grid
+    from ..engine.compare import run_grid, summarize_grid
     names = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = [n for n in names if n not in policies.POLICIES]
     if unknown or not names:

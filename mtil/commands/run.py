@@ -43,8 +43,8 @@ def summary_lines(results: dict, out: Path) -> list[str]:
 
 
 def execute_run(cfg, out: Path, resume: bool) -> int:
-    from ..pretrain import resolve_demo_assets
-    from ..run import Run
+    from ..demo.pretrain import resolve_demo_assets
+    from ..engine.run import Run
     resolve_demo_assets(cfg)   # the demo's cached data and backbone, before the run exists
     created = not out.exists()
     try:

@@ -14,8 +14,8 @@ import torch
 
 from ..config import Config
 from ..errors import MtilError
-from ..moe import AdaptedCLIP
-from ..tracker import UsageTracker
+from ..model.moe import AdaptedCLIP
+from ..model.usage import UsageTracker
 
 POLICIES: dict[str, type["Policy"]] = {}
 

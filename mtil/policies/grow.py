@@ -20,7 +20,7 @@ import functools
 
 import torch
 
-from .. import optim
+from ..engine import optimizer as optim
 from ..errors import MtilError
 from .base import Policy, TrainContext, register
 

@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from .. import optim
+from ..engine import optimizer as optim
 from .base import TrainContext, register
 from .freeze import Freeze
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import write_text
 from ..errors import MtilError
+from ..rundir.files import write_text
 
 FORMATS = ("png", "svg")
 

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import config as mtil_config
-from ..checkpoint import numpy_savez, write_json, write_jsonl, write_text
 from ..errors import MtilError
+from ..rundir.files import numpy_savez, write_json, write_jsonl, write_text
 from . import envs, nets, optim, ppo
 
 log = logging.getLogger(__name__)

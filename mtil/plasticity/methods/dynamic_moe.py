@@ -16,8 +16,8 @@ concatenated into one matmul per layer and step); experts not yet active get no 
 import torch
 from torch import nn
 
-from . import ExpandableMLP, register
 from ...errors import MtilError
+from . import ExpandableMLP, register
 
 NEG_INF = -1e8  # the reference's masking value
 

@@ -1,6 +1,6 @@
 """No Expansion: the 3-layer MLP at its full (final) width from the start; `expand` does nothing."""
-from . import ExpandableMLP, register
 from ..models import mlp3, n_params
+from . import ExpandableMLP, register
 
 
 @register("no_expansion")

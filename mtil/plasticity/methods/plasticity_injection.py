@@ -9,8 +9,8 @@ import copy
 import torch
 from torch import nn
 
-from . import ExpandableMLP, register
 from ..models import mlp3, n_params
+from . import ExpandableMLP, register
 
 
 @register("plasticity_injection")

@@ -13,8 +13,8 @@ output layer in the count).
 import torch
 from torch import nn
 
-from . import ExpandableMLP, register
 from ..models import n_params
+from . import ExpandableMLP, register
 
 
 class Column(nn.Module):

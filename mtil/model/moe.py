@@ -15,7 +15,7 @@ routing depends on the router (task) only and every prompt of a task takes the s
 Expert init `lora` (MoE-Adapters' `Adapter(init_option="lora")`): down-projection Kaiming-uniform (a = sqrt 5),
 its bias, the up-projection and its bias zero; routers start at zero. So at init an adapted model computes
 exactly what plain CLIP computes. Masks: `active` (inactive experts are never routed to), `frozen` (see
-`mtil.optim`, which keeps frozen experts bit-identical through optimizer steps) and `router_experts` [R, E]: the
+`mtil.engine.optimizer`, which keeps frozen experts bit-identical through optimizer steps) and `router_experts` [R, E]: the
 experts each router may select, fixed to the active set when its task's training ends (`close_router`), so an
 old task's router never reaches experts added after it.
 """
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import MtilError
 from . import backbone
-from .errors import MtilError
 
 TOWERS = ("image", "text")
 INPUTS = ("residual", "ln_2")

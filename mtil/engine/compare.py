@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from . import checkpoint, config, report, rundir
-from .errors import MtilError
+from .. import config, report, rundir
+from ..errors import MtilError
+from ..rundir import files as checkpoint
 from .run import CHECKPOINT, run
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def run_grid(config_path, overrides: list[str], policies: list[str], seeds: list
 
 
 def summarize_grid(cells: list[Path], out: Path) -> dict:
-    from .plots import compare_policies
+    from ..plots import compare_policies
     groups = report.group_runs(cells)
     by_policy = {g.label: g.runs for g in groups}  # labels are unique per config (report.group_runs)
     paths = {"table_md": out / "compare.md", "table_json": out / "compare.json", "figure": out / "compare.png"}

@@ -2,9 +2,9 @@
 
 The offline demo needs a backbone whose zero-shot transfer to the demo tasks is real: `pretrain_clip` trains
 `mtil-tiny` (open_clip model, tokenizer and `ClipLoss`; AdamW; timm's cosine schedule with warm-up) on the
-image-caption mixture of `mtil.data.demo.pretrain_mixture`, which covers every demo domain with instances the
+image-caption mixture of `mtil.demo.domains.pretrain_mixture`, which covers every demo domain with instances the
 task splits never use. `ensure_demo_assets` builds the stream once per seed into a cache directory; the
-backbone comes from the package (`mtil/assets/`, written by `scripts/make_demo_backbone.py` with this recipe)
+backbone comes from the package (`mtil/demo/assets/`, written by `scripts/make_demo_backbone.py` with this recipe)
 when its recipe stamp matches the config, else it is pre-trained here. The packaged file is fp16 and keeps only
 the token-embedding rows of the demo's vocabulary (every other row is zero), a few MB; so every machine starts
 from the same backbone and the first run is as fast as a later one.
@@ -30,11 +30,11 @@ from open_clip.loss import ClipLoss
 from timm.scheduler import CosineLRScheduler
 from tqdm.auto import tqdm
 
-from .backbone import register_models
-from .config import unwrap
-from .data import demo
-from .data.prepared import is_prepared
-from .errors import MtilError
+from ..config import unwrap
+from ..data.prepared import is_prepared
+from ..errors import MtilError
+from ..model.backbone import register_models
+from . import domains as demo
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def zero_shot_report(data_root: str | os.PathLike, checkpoint_path: str | os.Pat
                      model_name: str = "mtil-tiny", split: str = "test") -> dict[str, dict]:
     """{domain: {'accuracy': %, 'chance': %, 'classes': n}} of a checkpoint on each prepared dataset's `split`,
     with the class names and templates the rest of mtil uses for it (`mtil.data.prepared.load_info`)."""
-    from .data.prepared import load_info, load_split
+    from ..data.prepared import load_info, load_split
 
     register_models()
     model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=str(checkpoint_path))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .errors import MtilError
+from ..errors import MtilError
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import torch
 
-from . import backbone, checkpoint, config, metrics, moe, policies, rundir
-from .config import Config
-from .data import pipeline
-from .errors import MtilError, NonFiniteLoss
+from .. import config, metrics, policies, rundir
+from ..config import Config
+from ..data import pipeline
+from ..errors import MtilError, NonFiniteLoss
+from ..model import backbone, moe
+from ..model.usage import UsageTracker
+from ..rundir import files as checkpoint
 from .evaluate import Evaluator
-from .tracker import UsageTracker
 from .train import fit_task
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,7 @@ class Run:
 
         if cfg.data.demo and cfg.model.pretrained is None:
             raise MtilError("a data.demo config reached the run without its assets; resolve them first with "
-                            "mtil.pretrain.resolve_demo_assets(cfg) (mtil demo, mtil run and mtil.run.run do)")
+                            "mtil.demo.pretrain.resolve_demo_assets(cfg) (mtil demo, mtil run and mtil.engine.run.run do)")
         self.cfg, self.out, self.resume = cfg, Path(out), resume
         # every value was checked against its base.yaml rule when the config was loaded (mtil.config)
         self.accelerator = Accelerator(mixed_precision="no" if cfg.model.precision == "fp32" else cfg.model.precision)
@@ -254,6 +256,6 @@ class Run:
 def run(cfg: Config, out: str | os.PathLike, resume: bool = False) -> dict:
     """Train and evaluate the configured task sequence (the demo's assets resolved first); returns results.json's
     content."""
-    from .pretrain import resolve_demo_assets
+    from ..demo.pretrain import resolve_demo_assets
     resolve_demo_assets(cfg)
     return Run(cfg, out, resume).execute()

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.pipeline import Skipped, TaskData, eval_loader, seed_for
-from .errors import MtilError
-from .moe import AdaptedCLIP
+from ..data.pipeline import Skipped, TaskData, eval_loader, seed_for
+from ..errors import MtilError
+from ..model.moe import AdaptedCLIP
 from .selector import UNSEEN, TaskSelector
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ domains) but never on the task images themselves:
   * procedural domains: separate random streams (seeded by seed, domain and part).
 
 `build_stream(root, seed)` writes the stream in mtil's prepared format; `pretrain_mixture(seed, n)` returns
-fresh image-caption pairs for `mtil.pretrain.pretrain_clip`.
+fresh image-caption pairs for `mtil.demo.pretrain.pretrain_clip`.
 """
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..config import CONFIG_DIR, read_yaml, wrap
+from ..data import registry
+from ..data.prepared import save_prepared
 from ..errors import MtilError
-from . import registry
-from .prepared import save_prepared
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import optim
-from .data.pipeline import Skipped, TaskData, train_loader
-from .errors import MtilError, NonFiniteLoss
-from .policies import Policy, TrainContext
+from ..data.pipeline import Skipped, TaskData, train_loader
+from ..errors import MtilError, NonFiniteLoss
+from ..policies import Policy, TrainContext
+from . import optimizer as optim
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import open_clip
 import torch
 from torch import nn
 
-from .errors import MtilError
+from ..errors import MtilError
 
 log = logging.getLogger(__name__)
-MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TEST_MODELS = tuple(sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json")))
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from timm.scheduler import CosineLRScheduler
 
-from .moe import AdaptedCLIP, MoEAdapter
+from ..model.moe import AdaptedCLIP, MoEAdapter
 
 
 class SlotAdamW(torch.optim.Optimizer):

@@ -23,7 +23,7 @@ import torch
 from sklearn.covariance import LedoitWolf
 from sklearn.decomposition import PCA
 
-from .errors import MtilError
+from ..errors import MtilError
 
 UNSEEN = -1
 METHODS = ("knn", "gaussian", "pca")
