@@ -33,3 +33,22 @@ def summarize(matrix, names: list[str] | None = None) -> dict:
         },
     }
     return out
+
+
+def mean_std(values, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample std (ddof=1) over seeds along `axis`; the std of a single seed is 0. Every table and band
+    over seeds in mtil (report, compare figure, plasticity study, RL study) uses this one definition."""
+    v = np.asarray(values, dtype=np.float64)
+    n = v.shape[axis]
+    std = v.std(axis=axis, ddof=1) if n > 1 else np.zeros_like(v.mean(axis=axis))
+    return v.mean(axis=axis), std
+
+
+def fmt_mean_std(values, digits: int = 1, scale: float = 1.0) -> str:
+    """'m ± s' over seeds (just 'm' for one seed, 'n/a' for none), each rounded as ZSCL's np.around (half to even)."""
+    v = np.asarray(values, dtype=np.float64).ravel() * scale
+    if len(v) == 0:
+        return "n/a"
+    mean, std = mean_std(v)
+    text = f"{np.around(mean, digits):.{digits}f}"
+    return text if len(v) == 1 else f"{text} ± {np.around(std, digits):.{digits}f}"

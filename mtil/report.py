@@ -152,18 +152,9 @@ def references(tasks: list[str]) -> tuple[str, dict]:
     return "", {}
 
 
-def rounded(x: float) -> float:
-    """As the published tables round: np.around(x, 1), half to even."""
-    return float(np.around(x, 1))
-
-
 def fmt(values: np.ndarray) -> str:
     values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return "-"
-    if len(values) == 1:
-        return f"{rounded(values[0]):.1f}"
-    return f"{rounded(values.mean()):.1f} ± {rounded(values.std(ddof=1)):.1f}"
+    return metrics.fmt_mean_std(values) if len(values) else "-"
 
 
 def streams(groups: list[Group]) -> list[list[Group]]:
@@ -185,8 +176,8 @@ def table(groups: list[Group]) -> list[dict]:
             v = g.values(m)
             row[m] = fmt(v)
             finite = v[~np.isnan(v)]   # transfer of a one-task run is undefined (NaN): null in JSON, empty in CSV
-            row[f"{m}_mean"] = float(finite.mean()) if len(finite) else None
-            row[f"{m}_std"] = float(finite.std(ddof=1)) if len(finite) > 1 else (0.0 if len(finite) else None)
+            mean, std = metrics.mean_std(finite) if len(finite) else (None, None)
+            row[f"{m}_mean"], row[f"{m}_std"] = (float(mean), float(std)) if len(finite) else (None, None)
         rows.append(row)
     return rows
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .. import config as mtil_config
 from ..errors import MtilError
+from ..metrics import mean_std
 from . import methods as registry
 from .models import ConvTrunk, PlasticityNet, n_params
 from .stream import ChunkStream, noisy_labels
@@ -291,12 +292,11 @@ def summarize(records: dict, methods: list[str], seeds: list[int]) -> dict:
         acc = np.array([[ch["acc_seen"] for ch in r["chunks"]] for r in runs])
         new = np.array([[ch["acc_new"] for ch in r["chunks"]] for r in runs])
         curve = np.array([r["train_acc"] for r in runs])
+        stats = {k: [a.round(6).tolist() for a in mean_std(v)] for k, v in
+                 (("acc_seen", acc), ("acc_new", new), ("train_acc", curve))}
         out[m] = {"label": runs[0]["label"], "seeds": seeds,
-                  "acc_seen_mean": acc.mean(0).round(6).tolist(), "acc_seen_std": acc.std(0).round(6).tolist(),
-                  "acc_new_mean": new.mean(0).round(6).tolist(), "acc_new_std": new.std(0).round(6).tolist(),
-                  "mlp_active_params": [ch["mlp_active_params"] for ch in runs[0]["chunks"]],
-                  "steps": runs[0]["steps"], "train_acc_mean": curve.mean(0).round(6).tolist(),
-                  "train_acc_std": curve.std(0).round(6).tolist()}
+                  "mlp_active_params": [ch["mlp_active_params"] for ch in runs[0]["chunks"]], "steps": runs[0]["steps"],
+                  **{f"{k}_{part}": v[i] for k, v in stats.items() for i, part in enumerate(("mean", "std"))}}
     return out
 
 

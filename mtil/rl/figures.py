@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MtilError
+from ..metrics import fmt_mean_std, mean_std
 from ..rundir.files import write_text
 
 FORMATS = ("png", "svg")
@@ -178,16 +179,14 @@ def compare(paths, out) -> tuple[str, list[Path]]:
                 continue
             grid = series[0][0]
             ys = np.array([np.interp(grid, x, y) for x, y in series])
-            mean, std = ys.mean(0), ys.std(0)
+            mean, std = mean_std(ys)
             ax.plot(grid, mean, color=f"C{c}", label=f"{name} (n={len(series)})")
             ax.fill_between(grid, mean - std, mean + std, color=f"C{c}", alpha=0.2)
         finals, stages, ach = (np.array([v for v in (_final(r, k) for _, r in runs) if v is not None], float)
                                for k in ("return", "max_stage", "achievements"))
         incomplete = sum(not r.get("complete") for _, r in runs)
         lines.append(f"| {name} | {len(runs)}{f' ({incomplete} incomplete)' if incomplete else ''} | "
-                     + (f"{finals.mean():.2f} ± {finals.std():.2f}" if len(finals) else "n/a") + " | "
-                     + (f"{stages.mean():.2f} ± {stages.std():.2f}" if len(stages) else "n/a") + " | "
-                     + (f"{ach.mean():.2f} ± {ach.std():.2f}" if len(ach) else "n/a") + " | "
+                     + " | ".join(fmt_mean_std(v, digits=2) for v in (finals, stages, ach)) + " | "
                      + _shift_cell([router_shift(d) for d, _ in runs]) + " |")
     grow = sorted({g * r["steps_per_iteration"] for rs in groups.values() for _, r in rs for g in r["grow_at"]})
     for ax, name in zip(axes, ("episode return", "stage reached (fraction of episodes in stage 1)")):
