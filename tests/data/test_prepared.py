@@ -14,7 +14,7 @@ from PIL import Image
 
 from mtil.cli import main
 from mtil.data import prepared, registry, sources
-from mtil.data.prepared import load_info, load_split, save_prepared
+from mtil.data.prepared import encode, layout, load_info, load_split, save_prepared
 from mtil.errors import MtilError
 
 
@@ -238,7 +238,7 @@ def test_failure_midway_leaves_nothing_half_written(tmp_path, capsys, monkeypatc
     make_images(src / "test", ["x", "y"], per_class=2)
     assert run(["prepare", "XY", "--root", str(root), "--from", str(src)], capsys)[0] == 0
     calls = {"n": 0}
-    real = prepared.check_decodes
+    real = encode.check_decodes
 
     def flaky(data):
         calls["n"] += 1
@@ -246,14 +246,14 @@ def test_failure_midway_leaves_nothing_half_written(tmp_path, capsys, monkeypatc
             raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of the test split
         return real(data)
 
-    monkeypatch.setattr(prepared, "check_decodes", flaky)
+    monkeypatch.setattr(encode, "check_decodes", flaky)
     make_images(src / "train", ["z"], per_class=2)
     assert main(["prepare", "XY", "--root", str(root), "--from", str(src), "--overwrite"]) == 130
     assert sorted(os.listdir(root)) == ["XY"]               # no .XY.tmp / .XY.work / lock left
     assert load_info(root, "XY").classnames == ["x", "y"]   # the old dataset is intact
     assert len(load_split(root, "XY", "train")) == 6
 
-    monkeypatch.setattr(prepared, "check_decodes", real)
+    monkeypatch.setattr(encode, "check_decodes", real)
     new_root = tmp_path / "fresh"
     empty = tmp_path / "empty"
     make_images(empty / "train", ["x"], per_class=1)
@@ -316,7 +316,7 @@ def test_load_errors_name_path_and_command(small, tmp_path, capsys):
     broken(wrong_columns, "lacks the column(s) image and label")
 
     def empty_split(d):
-        feats = prepared._features(["a"])
+        feats = layout._features(["a"])
         shutil.rmtree(d)
         datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": [], "label": []}, features=feats),
                               "test": datasets.Dataset.from_dict({"image": [], "label": []}, features=feats)}

@@ -1,0 +1,90 @@
+"""Consistency checks of the prepared format: a saved split's columns, a dataset's labels against its classes,
+and a writer's inputs (split names, class names, templates)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from ...errors import MtilError
+from .. import registry
+from .layout import SPLITS, dataset_dir, prepare_command
+
+
+def check_consistent(root: str | os.PathLike, name: str, classnames: Sequence[str], splits: Mapping) -> None:
+    """Every split's ClassLabel names the dataset's classes, every label lies in [0, classes), and every class
+    has at least one training image; else one MtilError line naming the split and what is wrong."""
+    import numpy as np
+
+    path, n = dataset_dir(root, name), len(classnames)
+    fix = f"re-create it with `{prepare_command(name, root, overwrite=True)}`"
+    for split, ds in splits.items():
+        stored = list(ds.features["label"].names)
+        if len(stored) != n:
+            raise MtilError(f"split '{split}' of '{path}' has {len(stored)} classes but the dataset has {n}; {fix}")
+        labels = np.asarray(ds["label"], dtype=np.int64)
+        bad = labels[(labels < 0) | (labels >= n)]
+        if len(bad):
+            raise MtilError(f"split '{split}' of '{path}' has {len(bad)} label(s) outside 0..{n - 1} "
+                            f"(e.g. {int(bad[0])}); {fix}")
+        if split == "train":
+            empty = sorted(set(range(n)) - set(labels.tolist()))
+            if empty:
+                names = ", ".join(str(classnames[c]) for c in empty[:3]) + (" ..." if len(empty) > 3 else "")
+                raise MtilError(f"split 'train' of '{path}' has no images of {len(empty)} class(es) ({names}); "
+                                f"{fix}")
+
+
+def _check_features(feats, where: Path, fix: str) -> None:
+    import datasets
+
+    bad = [c for c, t in (("image", datasets.Image), ("label", datasets.ClassLabel))
+           if c not in feats or not isinstance(feats[c], t)]
+    if bad:
+        have = ", ".join(f"{k}: {type(v).__name__}" for k, v in feats.items())
+        raise MtilError(f"'{where}' lacks the column(s) {' and '.join(bad)} of the prepared format "
+                        f"(image: Image, label: ClassLabel; it has {have or 'none'}); {fix}")
+
+
+def _check_split_names(splits: Mapping) -> None:
+    if not isinstance(splits, Mapping) or not splits:
+        raise MtilError("splits must be a non-empty mapping of split name -> data")
+    missing = [s for s in SPLITS if s not in splits]
+    if missing:
+        raise MtilError(f"the prepared format needs the splits {' and '.join(SPLITS)}; missing: "
+                        f"{', '.join(missing)}")
+    for s in splits:
+        if not isinstance(s, str) or not s.isidentifier():
+            raise MtilError(f"split name {s!r} must be a plain word such as 'train' or 'test'")
+
+
+def _check_classnames(name: str, classnames: Sequence[str]) -> list[str]:
+    classnames = [str(c) for c in classnames]
+    if not classnames or len(set(classnames)) != len(classnames):
+        raise MtilError(f"{name}: class names must be a non-empty list without duplicates")
+    canon = registry.resolve(name)
+    if canon is not None:
+        expected = registry.get(canon).num_classes
+        if len(classnames) != expected:
+            raise MtilError(f"{canon} has {expected} classes in the registry but {len(classnames)} class names "
+                            "were given; nothing was written")
+    return classnames
+
+
+def _check_templates(templates: Sequence[str] | None) -> list[str] | None:
+    if templates is None:
+        return None
+    templates = list(templates)
+    if not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
+        raise MtilError("templates must be a non-empty list of strings, each with '{}' for the class name")
+    return templates
+
+
+def check_writer_inputs(name: str, splits: Mapping, classnames: Sequence[str],
+                        templates: Sequence[str] | None) -> tuple[list[str], list[str] | None]:
+    """The writers' input checks, made once per write: class names (count against the registry), templates,
+    split names; returns the class names and templates as lists."""
+    classnames = _check_classnames(name, classnames)
+    templates = _check_templates(templates)
+    _check_split_names(splits)
+    return classnames, templates
