@@ -15,6 +15,7 @@ from PIL import Image
 from mtil.cli import main
 from mtil.data import prepared, registry, sources
 from mtil.data.prepared import encode, layout, load_info, load_split, save_prepared
+from mtil.data.sources import network
 from mtil.errors import MtilError
 
 
@@ -377,7 +378,7 @@ def _write_idx(path, array):
 
 def test_torchvision_layout_is_read_offline(tmp_path, capsys, monkeypatch):
     """A folder in torchvision's MNIST layout is read through torchvision (class names '0 - zero' mapped)."""
-    monkeypatch.setattr(sources, "network_available", lambda *a, **k: pytest.fail("no network use expected"))
+    monkeypatch.setattr(network, "network_available", lambda *a, **k: pytest.fail("no network use expected"))
     raw = tmp_path / "tv" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -402,7 +403,7 @@ def test_torchvision_layout_is_read_offline(tmp_path, capsys, monkeypatch):
     (["prepare", "Cars", "--source", "torchvision"], ["cannot download StanfordCars"]),
 ])
 def test_no_network_fails_in_one_line(tmp_path, capsys, monkeypatch, argv, needles):
-    monkeypatch.setattr(sources, "network_available", lambda *a, **k: False)
+    monkeypatch.setattr(network, "network_available", lambda *a, **k: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("must not try the hub"))

@@ -18,22 +18,22 @@ lock), `encode` (image cells), `write` (the two writers).
 from .checks import check_consistent
 from .encode import check_decodes, to_image_cell
 from .layout import (
-                     DEFAULT_TEMPLATES,
-                     FORMAT_VERSION,
-                     META_FILE,
-                     SPLITS,
-                     TEMPLATES_FILE,
-                     dataset_dir,
-                     prepare_command,
+    DEFAULT_TEMPLATES,
+    FORMAT_VERSION,
+    META_FILE,
+    SPLITS,
+    TEMPLATES_FILE,
+    dataset_dir,
+    prepare_command,
 )
 from .lock import Staging, staging
 from .read import (
-                     is_prepared,
-                     list_prepared,
-                     load_info,
-                     load_split,
-                     read_meta,
-                     read_templates,
+    is_prepared,
+    list_prepared,
+    load_info,
+    load_split,
+    read_meta,
+    read_templates,
 )
 from .write import SaveResult, save_prepared, write_items
 

@@ -1,0 +1,123 @@
+"""The Hugging Face hub source: `datasets.load_dataset` of a default (or given) repository, its image and label
+columns found, labels mapped by name (honours `HF_HUB_OFFLINE` / `HF_DATASETS_OFFLINE`)."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterator
+
+from ...errors import MtilError
+from .. import registry
+from . import network
+from .base import (
+    DEFAULT_SEED,
+    DEFAULT_TRAIN_FRACTION,
+    TEST_DIRS,
+    TRAIN_DIRS,
+    Plan,
+    _split_items,
+)
+from .labels import LabelMatcher, clean_classname
+
+log = logging.getLogger(__name__)
+
+
+# Default Hugging Face hub repositories (any other: --hf REPO). Labels are matched by name.
+HF_REPOS = {
+    "Aircraft": "HuggingFaceM4/FGVC-Aircraft",
+    "CIFAR100": "uoft-cs/cifar100",
+    "DTD": "tanganke/dtd",
+    "EuroSAT": "tanganke/eurosat",
+    "Flowers102": "dpdl-benchmark/oxford_flowers102",
+    "Food101": "ethz/food101",
+    "MNIST": "ylecun/mnist",
+    "OxfordPet": "timm/oxford-iiit-pet",
+    "StanfordCars": "tanganke/stanford_cars",
+    "SUN397": "tanganke/sun397",
+    "TinyImageNet": "zh-plus/tiny-imagenet",
+}
+# Label columns tried first, per dataset (then `label`, `fine_label`, then the first ClassLabel column).
+HF_LABEL_COLUMNS = {"Aircraft": ("variant",), "CIFAR100": ("fine_label",)}
+
+
+def _hf_columns(ds, canon: str | None) -> tuple[str, str]:
+    import datasets
+
+    feats = ds.features
+    image_cols = [c for c, f in feats.items() if isinstance(f, datasets.Image)]
+    if not image_cols:
+        raise MtilError(f"the HF dataset has no image column (columns: {', '.join(feats)})")
+    preferred = (*HF_LABEL_COLUMNS.get(canon or "", ()), "label", "labels", "fine_label")
+    label = next((c for c in preferred if c in feats), None)
+    if label is None:
+        label = next((c for c, f in feats.items() if isinstance(f, datasets.ClassLabel)), None)
+    if label is None:
+        raise MtilError(f"the HF dataset has no label column (columns: {', '.join(feats)}); expected 'label'")
+    return image_cols[0], label
+
+
+class _HFItems:
+    """Streams (undecoded image dict, label) pairs out of an HF split."""
+
+    def __init__(self, ds, image_col: str, label_col: str, remap: list[int] | None):
+        import datasets
+        self.ds = ds.select_columns([image_col, label_col]).cast_column(image_col, datasets.Image(decode=False))
+        self.image_col, self.label_col, self.remap = image_col, label_col, remap
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
+        for row in self.ds:
+            y = int(row[self.label_col])
+            yield row[self.image_col], (self.remap[y] if self.remap is not None else y)
+
+
+def hf_plan(name: str, repo: str | None, data_root: str | os.PathLike, cache_dir: str | None = None,
+            config: str | None = None, train_fraction: float = DEFAULT_TRAIN_FRACTION,
+            seed: int = DEFAULT_SEED) -> Plan:
+    import datasets
+
+    canon = registry.resolve(name)
+    repo = repo or HF_REPOS.get(canon or "")
+    if repo is None:
+        raise MtilError(f"no default Hugging Face repository for {name}; pass --hf OWNER/NAME, or run "
+                        f"`mtil prepare {name} --root {data_root} --from DIR`")
+    offline = network.offline_requested(hf=True)
+    if not offline and not network.network_available("huggingface.co", hf=True):
+        raise network.no_network(canon or name, data_root, "cannot reach huggingface.co")
+    try:
+        dd = datasets.load_dataset(repo, config, cache_dir=cache_dir)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if offline:
+            raise MtilError(f"no network (HF_HUB_OFFLINE is set and '{repo}' is not in the local cache): download "
+                            f"{canon or name} yourself and run `mtil prepare {canon or name} --root {data_root} "
+                            "--from DIR`") from None
+        raise MtilError(f"cannot load '{repo}' from the Hugging Face hub ({type(e).__name__}: {msg})") from None
+    names = {s.lower(): s for s in dd}
+    train = next((names[n] for n in TRAIN_DIRS if n in names), None)
+    test = next((names[n] for n in TEST_DIRS if n in names), None)
+    if train is None:
+        raise MtilError(f"'{repo}' has no train split (splits: {', '.join(dd)})")
+    image_col, label_col = _hf_columns(dd[train], canon)
+    label_feat = dd[train].features[label_col]
+    source_names = list(getattr(label_feat, "names", []) or [])
+    if canon is not None:
+        matcher = LabelMatcher(canon)
+        classnames = list(matcher.classnames)
+        if source_names:
+            remap = matcher.map(source_names, f"'{repo}' label names")
+        else:
+            log.warning("%s: '%s' has no label names; assuming the registry's label order", canon, repo)
+            remap = None
+    else:
+        if not source_names:
+            raise MtilError(f"'{repo}' has no label names; a new dataset needs them (ClassLabel names)")
+        classnames, remap = [clean_classname(s) for s in source_names], None
+    splits = {"train": _HFItems(dd[train], image_col, label_col, remap)}
+    if test is not None:
+        splits["test"] = _HFItems(dd[test], image_col, label_col, remap)
+    else:
+        splits = _split_items(list(splits["train"]), train_fraction, seed)
+    return Plan(canon or name, classnames, splits, f"Hugging Face {repo} ({train} + {test or 'seeded split'})")
