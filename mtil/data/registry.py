@@ -1,8 +1,9 @@
 """The dataset registry: class names and prompt templates of the MTIL datasets (and any the user registers).
 
 The built-in entries are data, one JSON file per dataset in `mtil/data/catalog/` (CLIP's cleaned class names in
-each dataset's label order, the MTIL literature's templates with the training template first; every file says
-where its lists come from). Look-ups are case-insensitive and ignore punctuation, and aliases resolve
+each dataset's label order, the MTIL literature's templates with the training template first, the sources it
+is prepared from (`sources.torchvision`, `sources.hf`); every file says where its lists come from). A dataset's
+facts live there only: `mtil.data.sources` reads its torchvision and hub tables from the catalog. Look-ups are case-insensitive and ignore punctuation, and aliases resolve
 (`Cars` -> `StanfordCars`, `Pets` -> `OxfordPet`, ...).
 
     >>> from mtil.data import registry
@@ -12,6 +13,7 @@ where its lists come from). Look-ups are case-insensitive and ignore punctuation
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -65,6 +67,7 @@ class _Entry:
     ignore_folders: tuple[str, ...] = ()
     provenance: dict = field(default_factory=dict)
     notes: str = ""
+    sources: dict = field(default_factory=dict)  # source kind (torchvision, hf) -> how that source holds it
     builtin: bool = False
 
 
@@ -147,12 +150,10 @@ def _load_catalog() -> None:
             data = found[name]
             info = DatasetInfo(data["name"], list(data["classnames"]), list(data["templates"]))
             _check_info(info, f"catalog/{name}.json")
-            if len(info.classnames) != data["num_classes"]:  # the catalog's own consistency check
-                raise MtilError(f"catalog/{name}.json lists {len(info.classnames)} class names, not "
-                                f"{data['num_classes']}; the installation is damaged, reinstall mtil")
             _add(_Entry(info, tuple(data.get("aliases", ())), data.get("source_names"),
                         dict(data.get("class_aliases", {})), tuple(data.get("ignore_folders", ())),
-                        dict(data.get("provenance", {})), data.get("notes", ""), builtin=True), replace=False)
+                        dict(data.get("provenance", {})), data.get("notes", ""), dict(data.get("sources", {})),
+                        builtin=True), replace=False)
         _loaded = True
 
 
@@ -244,6 +245,14 @@ def provenance(name: str) -> dict:
     """Where the class names and templates of a built-in dataset come from."""
     canon = resolve(name)
     return {} if canon is None else dict(_entries[canon].provenance)
+
+
+def source_specs(name: str) -> dict:
+    """How the dataset's sources hold it, source kind -> settings (catalog key `sources`; {} when none):
+    `torchvision` (class, marker, host, train / test / common constructor arguments, downloadable) and `hf`
+    (repo, label_columns)."""
+    canon = resolve(name)
+    return {} if canon is None else copy.deepcopy(_entries[canon].sources)
 
 
 def is_builtin(name: str) -> bool:

@@ -1,5 +1,6 @@
-"""The Hugging Face hub source: `datasets.load_dataset` of a default (or given) repository, its image and label
-columns found, labels mapped by name (honours `HF_HUB_OFFLINE` / `HF_DATASETS_OFFLINE`)."""
+"""The Hugging Face hub source: `datasets.load_dataset` of a default repository (a catalog file's `sources.hf`)
+or a given one, its image and label columns found, labels mapped by name (honours `HF_HUB_OFFLINE` /
+`HF_DATASETS_OFFLINE`)."""
 from __future__ import annotations
 
 import logging
@@ -22,22 +23,16 @@ from .labels import LabelMatcher, clean_classname
 log = logging.getLogger(__name__)
 
 
+def _repos() -> dict[str, dict]:
+    """The registered datasets' hub entries (catalog key `sources.hf`)."""
+    specs = {name: registry.source_specs(name).get("hf") for name in registry.names()}
+    return {name: spec for name, spec in specs.items() if spec}
+
+
 # Default Hugging Face hub repositories (any other: --hf REPO). Labels are matched by name.
-HF_REPOS = {
-    "Aircraft": "HuggingFaceM4/FGVC-Aircraft",
-    "CIFAR100": "uoft-cs/cifar100",
-    "DTD": "tanganke/dtd",
-    "EuroSAT": "tanganke/eurosat",
-    "Flowers102": "dpdl-benchmark/oxford_flowers102",
-    "Food101": "ethz/food101",
-    "MNIST": "ylecun/mnist",
-    "OxfordPet": "timm/oxford-iiit-pet",
-    "StanfordCars": "tanganke/stanford_cars",
-    "SUN397": "tanganke/sun397",
-    "TinyImageNet": "zh-plus/tiny-imagenet",
-}
+HF_REPOS = {name: spec["repo"] for name, spec in _repos().items()}
 # Label columns tried first, per dataset (then `label`, `fine_label`, then the first ClassLabel column).
-HF_LABEL_COLUMNS = {"Aircraft": ("variant",), "CIFAR100": ("fine_label",)}
+HF_LABEL_COLUMNS = {name: tuple(spec["label_columns"]) for name, spec in _repos().items() if "label_columns" in spec}
 
 
 def _hf_columns(ds, canon: str | None) -> tuple[str, str]:

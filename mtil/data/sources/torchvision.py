@@ -1,5 +1,6 @@
-"""The torchvision source: which torchvision dataset (and split arguments) holds each registered dataset, found
-in a local torchvision layout or downloaded, read as (file path / array, label) pairs."""
+"""The torchvision source: which torchvision dataset (and split arguments) holds each registered dataset (its
+catalog file's `sources.torchvision`), found in a local torchvision layout or downloaded, read as (file path /
+array, label) pairs."""
 from __future__ import annotations
 
 import logging
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TVSpec:
+    """How torchvision holds one dataset (a catalog file's `sources.torchvision` entry)."""
     cls: str
     marker: str                     # path under the torchvision root that shows the dataset is there
     host: str                       # download host (network check)
@@ -27,26 +29,20 @@ class TVSpec:
     common: dict = field(default_factory=dict)
     downloadable: bool = True
 
+    @classmethod
+    def from_catalog(cls, spec: dict) -> "TVSpec":
+        """The spec of a catalog file's `sources.torchvision` entry."""
+        return cls(spec["class"], spec["marker"], spec.get("host", ""), spec.get("train"), spec.get("test"),
+                   dict(spec.get("common", {})), spec.get("downloadable", True))
 
-# Splits as in ZSCL / MoE-Adapters (the MTIL literature).
-TORCHVISION = {
-    "Aircraft": TVSpec("FGVCAircraft", "fgvc-aircraft-2013b", "www.robots.ox.ac.uk", {"split": "train"},
-                       {"split": "test"}, {"annotation_level": "variant"}),
-    "Caltech101": TVSpec("Caltech101", "caltech101/101_ObjectCategories", "data.caltech.edu",
-                         common={"target_type": "category"}),
-    "CIFAR100": TVSpec("CIFAR100", "cifar-100-python", "www.cs.toronto.edu", {"train": True}, {"train": False}),
-    "DTD": TVSpec("DTD", "dtd/dtd", "www.robots.ox.ac.uk", {"split": "train"}, {"split": "test"}),
-    "EuroSAT": TVSpec("EuroSAT", "eurosat/2750", "huggingface.co"),
-    "Flowers102": TVSpec("Flowers102", "flowers-102/jpg", "www.robots.ox.ac.uk", {"split": "train"},
-                         {"split": "test"}),
-    "Food101": TVSpec("Food101", "food-101/meta", "data.vision.ee.ethz.ch", {"split": "train"}, {"split": "test"}),
-    "MNIST": TVSpec("MNIST", "MNIST/raw", "ossci-datasets.s3.amazonaws.com", {"train": True}, {"train": False}),
-    "OxfordPet": TVSpec("OxfordIIITPet", "oxford-iiit-pet/annotations", "www.robots.ox.ac.uk",
-                        {"split": "trainval"}, {"split": "test"}),
-    "StanfordCars": TVSpec("StanfordCars", "stanford_cars/devkit", "", {"split": "train"}, {"split": "test"},
-                           downloadable=False),
-    "SUN397": TVSpec("SUN397", "SUN397/ClassName.txt", "vision.princeton.edu"),
-}
+
+def _specs() -> dict[str, TVSpec]:
+    """The registered datasets torchvision holds, from their catalog files (splits as in ZSCL / MoE-Adapters)."""
+    specs = {name: registry.source_specs(name).get("torchvision") for name in registry.names()}
+    return {name: TVSpec.from_catalog(spec) for name, spec in specs.items() if spec}
+
+
+TORCHVISION = _specs()
 
 
 def torchvision_root_of(name: str, src: Path) -> Path | None:
