@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mtil.bench.dispatch import reference_dispatch
 from mtil.engine import optimizer as optim
 from mtil.errors import MtilError
 from mtil.model import backbone, moe
@@ -58,17 +59,6 @@ def test_exact_at_init_both_towers(clip, gating, route):
         model.train(mode)
         torch.testing.assert_close(model.encode_image(images, r), ref_img, atol=1e-6, rtol=0)
         torch.testing.assert_close(model.encode_text(tokens, r), ref_txt, atol=1e-6, rtol=0)
-
-
-def reference_dispatch(layer, x, idx, weights):
-    """Slow, obviously correct: loop over samples and their chosen experts."""
-    out = torch.zeros_like(x)
-    for n in range(x.shape[0]):
-        for j in range(idx.shape[1]):
-            e = int(idx[n, j])
-            h = F.relu(x[n] @ layer.w_down[e] + layer.b_down[e])
-            out[n] += weights[n, j] * (h @ layer.w_up[e] + layer.b_up[e])
-    return out * layer.scale
 
 
 def test_vectorized_dispatch_matches_reference_values_and_grads(clip):
