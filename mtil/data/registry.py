@@ -3,8 +3,9 @@
 The built-in entries are data, one JSON file per dataset in `mtil/data/catalog/` (CLIP's cleaned class names in
 each dataset's label order, the MTIL literature's templates with the training template first, the sources it
 is prepared from (`sources.torchvision`, `sources.hf`); every file says where its lists come from). A dataset's
-facts live there only: `mtil.data.sources` reads its torchvision and hub tables from the catalog. Look-ups are case-insensitive and ignore punctuation, and aliases resolve
-(`Cars` -> `StanfordCars`, `Pets` -> `OxfordPet`, ...).
+facts live there only: `mtil.data.sources` reads its torchvision and hub tables from the catalog. Look-ups are
+case-insensitive and ignore punctuation, and aliases resolve (`Cars` -> `StanfordCars`, `Pets` -> `OxfordPet`,
+...).
 
     >>> from mtil.data import registry
     >>> info = registry.get("DTD")
@@ -36,6 +37,9 @@ ORDER_II = ("StanfordCars", "Food101", "MNIST", "OxfordPet", "Flowers102", "SUN3
 BUILTIN = ORDER_I + ("TinyImageNet",)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+#: What a dataset name must be (it names the folder of the prepared dataset).
+NAME_RULE = ("must start with a letter or digit and use only letters, digits and _ . + - (it names the folder "
+             "ROOT/<name>)")
 
 
 @dataclass
@@ -82,12 +86,16 @@ def key(name: str) -> str:
     return re.sub(r"[^0-9a-z]", "", str(name).lower())
 
 
+def valid_name(name) -> bool:
+    """Whether `name` follows NAME_RULE."""
+    return isinstance(name, str) and _NAME_RE.match(name) is not None
+
+
 def _check_info(info: DatasetInfo, where: str) -> None:
     if not isinstance(info, DatasetInfo):
         raise MtilError(f"{where}: expected a DatasetInfo, got {type(info).__name__}")
-    if not isinstance(info.name, str) or not _NAME_RE.match(info.name):
-        raise MtilError(f"{where}: dataset name {info.name!r} must start with a letter or digit and use only "
-                        "letters, digits and _ . + - (it names the folder ROOT/<name>)")
+    if not valid_name(info.name):
+        raise MtilError(f"{where}: dataset name {info.name!r} {NAME_RULE}")
     names = list(info.classnames)
     if not names or not all(isinstance(c, str) and c.strip() for c in names):
         raise MtilError(f"{where}: dataset {info.name!r} needs a non-empty list of non-empty class names")

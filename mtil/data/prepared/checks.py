@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 from ...errors import MtilError
 from .. import registry
-from .layout import SPLITS, dataset_dir, prepare_command
+from .layout import SPLITS, dataset_dir, recreate_hint
 
 
 def check_consistent(root: str | os.PathLike, name: str, classnames: Sequence[str], splits: Mapping) -> None:
@@ -17,7 +17,7 @@ def check_consistent(root: str | os.PathLike, name: str, classnames: Sequence[st
     import numpy as np
 
     path, n = dataset_dir(root, name), len(classnames)
-    fix = f"re-create it with `{prepare_command(name, root, overwrite=True)}`"
+    fix = recreate_hint(name, root)
     for split, ds in splits.items():
         stored = list(ds.features["label"].names)
         if len(stored) != n:

@@ -45,9 +45,8 @@ def _folder_name(name: str) -> str:
     if canon is not None:
         return canon
     name = str(name)
-    if not registry._NAME_RE.match(name):
-        raise MtilError(f"dataset name {name!r} must start with a letter or digit and use only letters, digits "
-                        "and _ . + - (it names the folder ROOT/<name>)")
+    if not registry.valid_name(name):
+        raise MtilError(f"dataset name {name!r} {registry.NAME_RULE}")
     return name
 
 
@@ -58,6 +57,11 @@ def prepare_command(name: str, root: str | os.PathLike, overwrite: bool = False)
     if canon is None:
         cmd += " --from <image folder>"
     return cmd + (" --overwrite" if overwrite else "")
+
+
+def recreate_hint(name: str, root: str | os.PathLike) -> str:
+    """The end of every error about a malformed prepared dataset: how to re-create it."""
+    return f"re-create it with `{prepare_command(name, root, overwrite=True)}`"
 
 
 def _features(classnames: Sequence[str]):

@@ -20,6 +20,7 @@ from .layout import (
     _entries,
     dataset_dir,
     prepare_command,
+    recreate_hint,
 )
 
 
@@ -30,7 +31,7 @@ def _check_root(root: Path, name: str) -> None:
 
 
 def _split_names(path: Path, name: str, root: Path) -> list[str]:
-    fix = f"re-create it with `{prepare_command(name, root, overwrite=True)}`"
+    fix = recreate_hint(name, root)
     ddj = path / "dataset_dict.json"
     if not ddj.is_file():
         what = "a single split, not train/test" if (path / "state.json").is_file() else "no dataset_dict.json"
@@ -65,7 +66,7 @@ def load_split(root: str | os.PathLike, name: str, split: str):
     if not path.is_dir():
         raise MtilError(f"dataset '{name}' is not prepared under '{root}' (no '{path}'); run "
                         f"`{prepare_command(name, root)}`")
-    fix = f"re-create it with `{prepare_command(name, root, overwrite=True)}`"
+    fix = recreate_hint(name, root)
     splits = _split_names(path, name, root)
     if split not in splits:
         raise MtilError(f"'{path}' has no split '{split}' (it has: {', '.join(splits) or 'none'}); {fix}")
@@ -99,7 +100,7 @@ def _prepared_classnames(path: Path, name: str, root: Path) -> list[str] | None:
     """Class names stored in the ClassLabel of a prepared dataset (None when it is not prepared)."""
     if not path.is_dir():
         return None
-    fix = f"re-create it with `{prepare_command(name, root, overwrite=True)}`"
+    fix = recreate_hint(name, root)
     splits = _split_names(path, name, root)
     ordered = [s for s in SPLITS if s in splits] + [s for s in splits if s not in SPLITS]
     if not ordered:
@@ -145,8 +146,7 @@ def load_info(root: str | os.PathLike, name: str) -> DatasetInfo:
             stored = _prepared_classnames(path, canon, root)
             if stored is not None and len(stored) != info.num_classes:
                 raise MtilError(f"'{path}' has {len(stored)} classes but the registered {canon} has "
-                                f"{info.num_classes}; re-create it with "
-                                f"`{prepare_command(canon, root, overwrite=True)}`")
+                                f"{info.num_classes}; {recreate_hint(canon, root)}")
         return info
     _check_root(root, name)
     stored = _prepared_classnames(path, name, root)
