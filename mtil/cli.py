@@ -12,7 +12,7 @@ from .errors import MtilError
 
 log = logging.getLogger("mtil")
 
-# subcommand -> (module under mtil.commands, one-line help)
+# subcommand -> (module under mtil.commands, one-line help); those in TAKES_OVERRIDES also get --set KEY=VALUE
 COMMANDS = {
     "run": ("run", "train and evaluate a task sequence from a YAML config"),
     "demo": ("demo", "run the whole pipeline offline on the embedded demo stream"),
@@ -24,6 +24,7 @@ COMMANDS = {
     "bench": ("bench", "speed and memory ratios measured in one run"),
     "rl": ("rl", "DynamicMoE in RL: PPO with MoE-SimBa blocks (needs the [rl] extra); --compare for the study"),
 }
+TAKES_OVERRIDES = {"run", "demo", "compare", "plasticity", "rl"}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -37,6 +38,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         p = sub.add_parser(name, help=help_text, description=help_text)
         modules[name] = importlib.import_module(f"mtil.commands.{module_name}")
         modules[name].add_arguments(p)
+        if name in TAKES_OVERRIDES:
+            p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
     return parser, modules
 
 

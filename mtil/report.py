@@ -4,7 +4,7 @@ Every number is recomputed from each run's accuracy matrix (`metrics.summarize`)
 values stored beside it, and rounded as the published tables are (ZSCL's `np.around(x, 1)`: x * 10 rounded half
 to even, so a transfer of 65.35 prints 65.4). Runs whose resolved configs differ only in `seed` (and paths)
 form one group; a group of several seeds shows mean ± sample std (ddof=1). Each task stream gets its own tables;
-published rows (`configs/references.yaml`, ViT-B/16) are those of the MTIL order the stream is (none for another
+published rows (`mtil/references.yaml`, ViT-B/16) are those of the MTIL order the stream is (none for another
 stream, such as the demo's), and are always labelled as published. The per-dataset table has a Transfer, an Avg
 and a Last row per group and an Average column, as ZSCL's and MoE-Adapters' appendices print.
 
@@ -25,8 +25,9 @@ import numpy as np
 import yaml
 
 from . import metrics, rundir
-from .config import CONFIG_DIR, flatten
+from .config import flatten
 from .errors import MtilError
+from .rundir.layout import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def run_dirs(paths: list[str | Path]) -> tuple[dict[Path, dict], list[Path]]:
     for p in map(Path, paths):
         if not p.exists():
             raise MtilError(f"{p} does not exist; give the --out of `mtil run` or a folder of run directories")
-        if (p / "results.json").exists():
+        if RunDir(p).finished():
             results = rundir.read_results(p)
             if not results.get("complete"):
                 raise MtilError(f"{p} is an unfinished run ({len(results['matrix'])} of {len(results['tasks'])} "
@@ -145,7 +146,7 @@ def group_runs(paths: list[str | Path]) -> list[Group]:
 
 def references(tasks: list[str]) -> tuple[str, dict]:
     """The published rows of the MTIL order these tasks are ({} for any other stream: not comparable)."""
-    data = yaml.safe_load((CONFIG_DIR / "references.yaml").read_text())
+    data = yaml.safe_load((Path(__file__).resolve().parent / "references.yaml").read_text())
     for name, entry in data.items():
         if isinstance(entry, dict) and entry.get("tasks") == tasks:
             return name, entry["rows"]

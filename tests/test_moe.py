@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from mtil.bench.dispatch import reference_dispatch
 from mtil.engine import optimizer as optim
+from mtil.engine.slice_guard import SliceGuard
 from mtil.errors import MtilError
 from mtil.model import backbone, moe
 
@@ -34,7 +35,7 @@ def batch(clip, n=4):
 
 def train_some(model, images, tokens, route, steps, lr=1e-2, weight_decay=0.1):
     opt = optim.build_optimizer(model, lr, weight_decay)
-    guard = optim.SliceGuard(model, opt, route)
+    guard = SliceGuard(model, opt, route)
     model.routing.tracking = True
     model.train()
     labels = torch.arange(len(images)) % len(tokens)

@@ -1,5 +1,6 @@
 """Expert lifecycle policies: one contract for every registered policy, then freeze / merge / grow specifics."""
 import copy
+import functools
 import json
 
 import numpy as np
@@ -10,10 +11,15 @@ import torch.nn.functional as F
 from mtil import config, policies
 from mtil.cli import main
 from mtil.engine import optimizer as optim
+from mtil.engine.slice_guard import SliceGuard
 from mtil.model import backbone, moe
 from mtil.model.usage import UsageTracker
 from mtil.policies import TrainContext
 
+
+def resets(opt):
+    """What the training loop wires into TrainContext: a changed slot restarts its optimizer state."""
+    return functools.partial(optim.reset_state, opt)
 
 def results(out):
     return json.loads((out / "results.json").read_text())
@@ -86,7 +92,7 @@ def merge_setup(clip_model, **merge_cfg):
             for t in layer.expert_tensors():
                 t.normal_()
     tracker = UsageTracker(model)
-    return cfg, model, tracker, policies.build(cfg, model, tracker)
+    return cfg, model, tracker, policies.build(cfg).attach(model, tracker)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +111,7 @@ def test_merge_writes_the_average_into_the_least_used_free_slot(clip):
     layer.frozen[4] = True
     layer.window_counts[:] = torch.tensor([5, 40, 3, 30, 0, 1])  # a=1, b=3; slot 4 is frozen, so c=5
     before = [t.detach().clone() for t in layer.expert_tensors()]
-    ctx = TrainContext(task=0, task_name="Red", step=10, global_step=10, optimizer=opt)
+    ctx = TrainContext(task=0, task_name="Red", step=10, global_step=10, on_slot_change=resets(opt))
     policy.after_step(ctx)
     for t, b in zip(layer.expert_tensors(), before):
         assert torch.equal(t.detach()[5], (b[1] + b[3]) / 2)
@@ -173,13 +179,11 @@ def grow_model(clip_model, g, tasks=4, hidden=16, top_k=1, **grow):
                              f"data.order=[{','.join(f't{i}' for i in range(tasks))}]"]
                       + [f"policy.grow.{k}={v}" for k, v in grow.items()])
     kwargs = dict(top_k=1, hidden=hidden, num_routers=tasks)
-    kwargs.update(policies.moe_overrides(cfg))
+    policy = policies.build(cfg)
+    kwargs.update(policy.adapter_overrides())
     torch.manual_seed(0)
     model = moe.attach(copy.deepcopy(clip_model), **kwargs)
-    tracker = UsageTracker(model)
-    policy = policies.build(cfg, model, tracker)
-    policy.setup()
-    return model, policy
+    return model, policy.attach(model, UsageTracker(model))
 
 
 def test_grow_raises_active_experts_and_params_at_each_growth_point(clip):
@@ -193,7 +197,7 @@ def test_grow_raises_active_experts_and_params_at_each_growth_point(clip):
     for t in range(1, 4):
         opt = optim.build_optimizer(model, 1e-2, 0.0)
         model.close_router(t - 1)
-        policy.begin_task(TrainContext(t, f"task{t}", 0, t * 10, opt))
+        policy.begin_task(TrainContext(t, f"task{t}", 0, t * 10, resets(opt)))
         assert all(int(layer.active.sum()) == 2 * (t + 1) for layer in model.layers)
         counts.append(model.param_counts()["active"])
         assert counts[-1] - counts[-2] == len(model.layers) * 2 * per_expert
@@ -204,9 +208,9 @@ def test_grow_raises_active_experts_and_params_at_each_growth_point(clip):
 def test_new_experts_train_on_the_next_step(clip):
     model, policy = grow_model(clip.model, g=1, top_k=2)  # both active experts run for every sample
     opt = optim.build_optimizer(model, 1e-2, 0.0)
-    guard = optim.SliceGuard(model, opt, router=1)
+    guard = SliceGuard(model, opt, router=1)
     model.close_router(0)
-    policy.begin_task(TrainContext(1, "t", 0, 10, opt))
+    policy.begin_task(TrainContext(1, "t", 0, 10, resets(opt)))
     layer = model.layers[0]
     before = [t.detach()[1].clone() for t in layer.expert_tensors()]
     inactive = [t.detach()[2].clone() for t in layer.expert_tensors()]
@@ -224,7 +228,7 @@ def test_an_old_tasks_outputs_are_unchanged_across_a_growth(clip):
     model, policy = grow_model(clip.model, g=2, router_init="random")
     images, tokens = torch.randn(6, 3, 32, 32), clip.tokenizer(["a", "b", "c"])
     opt = optim.build_optimizer(model, 1e-2, 0.0)
-    guard = optim.SliceGuard(model, opt, router=0)
+    guard = SliceGuard(model, opt, router=0)
     model.train()
     for _ in range(3):  # task 0 trains its router and its experts
         F.cross_entropy(model(images, tokens, 0), torch.arange(6) % 3).backward()
@@ -239,7 +243,7 @@ def test_an_old_tasks_outputs_are_unchanged_across_a_growth(clip):
     model.eval()
     old_img, old_txt = model.encode_image(images, 0), model.encode_text(tokens, 0)
     model.open_router(1)
-    policy.begin_task(TrainContext(1, "t1", 0, 3, optim.build_optimizer(model, 1e-2, 0.0)))
+    policy.begin_task(TrainContext(1, "t1", 0, 3, resets(optim.build_optimizer(model, 1e-2, 0.0))))
     assert all(int(layer.active.sum()) == 4 for layer in model.layers)
     assert all(torch.equal(layer.router.detach()[0], r) for layer, r in zip(model.layers, router0))  # closed: untouched
     assert torch.equal(model.encode_image(images, 0), old_img)
@@ -256,13 +260,13 @@ def test_granularities_match_active_and_per_sample_params_on_any_number_of_tasks
     per_task = {}
     for g in (1, 2, 4):
         cfg = config.load(None, ["policy.name=grow", f"policy.grow.granularity={g}", f"data.order={order}"])
-        kw = policies.moe_overrides(cfg)
+        policy = policies.build(cfg)
+        kw = policy.adapter_overrides()
         routing = moe.Routing()
         layers = [moe.MoEAdapter(d, kw["num_experts"], kw["hidden"](d), kw["top_k"], 1, "topk", False, 0.1, 0.1,
                                  routing, tower=tower) for tower, d in (("image", 768), ("text", 512))]
         model = moe.AdaptedCLIP(torch.nn.Module(), layers, routing)
-        policy = policies.build(cfg, model, UsageTracker(model))
-        policy.setup()
+        policy.attach(model, UsageTracker(model))
         per_task[g] = [model.param_counts()]
         for t in range(1, tasks):
             policy.begin_task(TrainContext(t, f"t{t}", 0, t))

@@ -23,7 +23,8 @@ import torch
 import yaml
 
 from mtil.cli import main
-from mtil.rundir import files as checkpoint
+from mtil.engine import checkpoint as run_checkpoint
+from mtil.rundir import files
 
 PAUSE_HOOK = textwrap.dedent('''
     import os
@@ -239,7 +240,7 @@ def _listing(folder: Path) -> list[str]:
 @pytest.mark.parametrize("where", ["in the writer", "at fsync", "at rename", "keyboard interrupt"])
 def test_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch, where):
     target = tmp_path / "results.json"
-    checkpoint.write_json(target, {"rows": [[1.0]]})
+    files.write_json(target, {"rows": [[1.0]]})
     old, listing = target.read_bytes(), _listing(tmp_path)
 
     def writer(f):
@@ -254,7 +255,7 @@ def test_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, mon
     if where == "at rename":
         monkeypatch.setattr(os, "replace", lambda a, b: (_ for _ in ()).throw(Boom()))
     with pytest.raises(KeyboardInterrupt if where == "keyboard interrupt" else Boom):
-        checkpoint.atomic_write(target, writer, "w")
+        files.atomic_write(target, writer, "w")
     monkeypatch.undo()
     assert target.read_bytes() == old and _listing(tmp_path) == listing
 
@@ -262,10 +263,10 @@ def test_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, mon
 def test_each_output_writer_keeps_the_old_file_on_failure(tmp_path):
     """The writers `Run.save` uses: a value that cannot be written raises and the previous file stays whole."""
     ck, res, ev, usage = (tmp_path / n for n in ("last.pt", "results.json", "events.jsonl", "usage.npz"))
-    checkpoint.torch_save({"format": 1, "w": torch.ones(3)}, ck)
-    checkpoint.write_json(res, {"matrix": [[50.0]]})
-    checkpoint.write_jsonl(ev, [{"action": "freeze"}])
-    checkpoint.numpy_savez(usage, a=np.arange(3))
+    run_checkpoint.save({"w": torch.ones(3)}, ck)
+    files.write_json(res, {"matrix": [[50.0]]})
+    files.write_jsonl(ev, [{"action": "freeze"}])
+    files.numpy_savez(usage, a=np.arange(3))
     before = {p: p.read_bytes() for p in (ck, res, ev, usage)}
     listing = _listing(tmp_path)
 
@@ -277,13 +278,13 @@ def test_each_output_writer_keeps_the_old_file_on_failure(tmp_path):
             raise Boom("no array")
 
     with pytest.raises(Boom):
-        checkpoint.torch_save({"format": 1, "w": torch.zeros(1000), "bad": Unsaveable()}, ck)
+        run_checkpoint.save({"w": torch.zeros(1000), "bad": Unsaveable()}, ck)
     with pytest.raises(TypeError):
-        checkpoint.write_json(res, {"matrix": object()})
+        files.write_json(res, {"matrix": object()})
     with pytest.raises(TypeError):
-        checkpoint.write_jsonl(ev, [{"action": "freeze"}, {"bad": {1, 2}}])
+        files.write_jsonl(ev, [{"action": "freeze"}, {"bad": {1, 2}}])
     with pytest.raises(Boom):
-        checkpoint.numpy_savez(usage, a=np.arange(3), b=Unsaveable())
+        files.numpy_savez(usage, a=np.arange(3), b=Unsaveable())
     assert {p: p.read_bytes() for p in before} == before and _listing(tmp_path) == listing
     assert torch.load(ck, weights_only=False)["format"] == 1 and json.loads(res.read_text())["matrix"] == [[50.0]]
 
@@ -292,7 +293,7 @@ def test_a_write_into_an_unwritable_folder_fails_cleanly(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(OSError):
-        checkpoint.write_json(blocker / "results.json", {})
+        files.write_json(blocker / "results.json", {})
     assert _listing(tmp_path) == ["file"] and blocker.read_text() == "x"
 
 

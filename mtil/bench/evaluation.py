@@ -48,11 +48,6 @@ def synthetic_tasks(n_tasks: int, classes: int, templates: int, n_train: int, n_
     return tasks
 
 
-def _cached_test(ev, j: int):
-    """Test set j's cached frozen features and pixels, as the evaluator's warm-up row left them."""
-    return ev._cache[j]  # needs Evaluator.cached_test (lead)
-
-
 def bench_eval(f: StepFactory) -> dict:
     from .. import config
     from ..engine.evaluate import Evaluator
@@ -75,16 +70,16 @@ def bench_eval(f: StepFactory) -> dict:
     first = time.perf_counter()
     warm = ev.row(len(tasks))  # fills the caches: frozen features, pixels, zero-shot text
     first = time.perf_counter() - first
-    if any(_cached_test(ev, j).pixels is None for j in range(len(tasks))):  # pragma: no cover - budget is huge
+    if any(ev.cached_test(j).pixels is None for j in range(len(tasks))):  # pragma: no cover - budget is huge
         raise MtilError("bench: the evaluator did not keep the test pixels; raise eval.pixel_cache_mb")
-    routed = [float((ev.routes(j, len(tasks), _cached_test(ev, j).features) >= 0).float().mean())
+    routed = [float((ev.routes(j, len(tasks), ev.cached_test(j).features) >= 0).float().mean())
               for j in range(len(tasks))]
     if np.mean(routed) < 0.5:
         log.warning("bench eval: the selector routes only %.0f%% of the test images to an adapted router (too few "
                     "training images per task?); the row is then mostly cached features and its speed says little",
                     100 * np.mean(routed))
     bare = copy.deepcopy(f.clip).eval()
-    pixels = [_cached_test(ev, j).pixels for j in range(len(tasks))]
+    pixels = [ev.cached_test(j).pixels for j in range(len(tasks))]
     n_images = sum(len(p) for p in pixels)
 
     @torch.no_grad()

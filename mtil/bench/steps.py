@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine import optimizer as optim
+from ..engine.slice_guard import SliceGuard
 from ..errors import MtilError
 from ..model import backbone, moe
 from .baselines import attach_plain
@@ -76,10 +76,10 @@ class StepFactory:
         return model
 
     def train_step(self, model: nn.Module, params: list, route: int | None = 0) -> Callable[[], float]:
-        """forward + backward + AdamW step (+ SliceGuard for MoE models), as `train.fit_task` runs it."""
+        """forward + backward + AdamW step (+ SliceGuard for MoE models), as `Trainer.fit` runs it."""
         opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
         if isinstance(model, moe.AdaptedCLIP):
-            optim.SliceGuard(model, opt, route)
+            SliceGuard(model, opt, route)
             model.routing.tracking = True
         model.train()
         cast = autocast(self.device, self.s.precision)

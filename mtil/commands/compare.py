@@ -10,7 +10,6 @@ def add_arguments(p) -> None:
     p.add_argument("config", nargs="?", default="compare.yaml", help="base config of every cell (default: configs/compare.yaml, the demo stream)")
     p.add_argument("--policies", default="none,freeze,merge,grow", help="comma-separated policy names")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default="runs/compare", help="grid directory (one run directory per policy and seed)")
 
 

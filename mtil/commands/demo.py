@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import config
-from .run import add_common, execute_run
+from .common import add_run_options, execute_run
 
 
 def add_arguments(p) -> None:
     p.add_argument("--policy", default=None, help="expert lifecycle policy (default: the config's, merge)")
     p.add_argument("--config", default="demo.yaml", help="demo config (default configs/demo.yaml)")
-    add_common(p)
+    add_run_options(p)
 
 
 def execute(args) -> int:

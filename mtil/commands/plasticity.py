@@ -15,8 +15,6 @@ from ..errors import MtilError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", default=None,
                         help="study config (default: plasticity/demo.yaml, offline, about 4 CPU-minutes per seed)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set data.root=/data (repeatable)")
     parser.add_argument("--out", default="runs/plasticity",
                         help="output directory; finished (method, seed) runs in it are reused (default: %(default)s)")
     parser.add_argument("--methods", default=None, help="comma-separated subset of methods (default: study.methods)")
@@ -33,7 +31,7 @@ def execute(args) -> int:
     from ..plasticity import methods as registry
     from ..plasticity import study
 
-    cfg = study.load_config(args.config, args.set)
+    cfg = study.load_config(args.config, args.overrides)
     methods = registry.check(_split(args.methods)) if args.methods is not None else list(cfg.study.methods)
     seeds = None
     if args.seeds is not None:

@@ -16,8 +16,6 @@ from ..errors import MtilError
 def add_arguments(p) -> None:
     p.add_argument("config", nargs="?", help="YAML config (path or name under configs/, e.g. rl/minatar_grow.yaml); "
                    "default with --resume: the run directory's config.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set seed=1 (repeatable)")
     p.add_argument("--out", default=None, help="run directory (default runs/rl/<config name>); with --compare, "
                    "the folder for the comparison figure and table (default runs/rl/compare)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

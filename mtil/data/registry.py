@@ -28,13 +28,6 @@ from ..errors import MtilError
 
 log = logging.getLogger(__name__)
 
-#: The MTIL task orders (Order I is alphabetical; Order II as in ZSCL / MoE-Adapters).
-ORDER_I = ("Aircraft", "Caltech101", "CIFAR100", "DTD", "EuroSAT", "Flowers102", "Food101", "MNIST", "OxfordPet",
-           "StanfordCars", "SUN397")
-ORDER_II = ("StanfordCars", "Food101", "MNIST", "OxfordPet", "Flowers102", "SUN397", "Aircraft", "Caltech101", "DTD",
-            "EuroSAT", "CIFAR100")
-#: Built-in datasets in listing order: the 11 MTIL datasets, then the plasticity study's.
-BUILTIN = ORDER_I + ("TinyImageNet",)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 #: What a dataset name must be (it names the folder of the prepared dataset).
@@ -153,7 +146,7 @@ def _load_catalog() -> None:
             if item.name.endswith(".json"):
                 data = json.loads(item.read_text(encoding="utf-8"))
                 found[data["name"]] = data
-        order = [n for n in BUILTIN if n in found] + sorted(n for n in found if n not in BUILTIN)
+        order = sorted(found, key=str.lower)   # the catalog's MTIL datasets come out in Order I (alphabetical)
         for name in order:
             data = found[name]
             info = DatasetInfo(data["name"], list(data["classnames"]), list(data["templates"]))

@@ -34,6 +34,7 @@ from ..config import unwrap
 from ..data.prepared import is_prepared
 from ..errors import MtilError
 from ..model.backbone import register_models
+from ..rundir import files
 from . import domains as demo
 
 log = logging.getLogger(__name__)
@@ -230,12 +231,6 @@ def zero_shot_report(data_root: str | os.PathLike, checkpoint_path: str | os.Pat
 
 
 # ----------------------------------------------------------------------------------------------- cached assets
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
@@ -278,13 +273,9 @@ def export_packaged(state: Mapping[str, torch.Tensor], key: Mapping, path: str |
     rows = demo_vocabulary(open_clip.get_tokenizer(key["model"]))
     packed = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
     packed["token_embedding.weight"] = packed["token_embedding.weight"][rows].clone()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    torch.save({"format": PACKAGE_FORMAT, "key": dict(key), "vocab_rows": rows,
-                "vocab_size": int(state["token_embedding.weight"].shape[0]), "state": packed}, tmp)
-    os.replace(tmp, path)
-    return path
+    blob = {"format": PACKAGE_FORMAT, "key": dict(key), "vocab_rows": rows,
+            "vocab_size": int(state["token_embedding.weight"].shape[0]), "state": packed}
+    return files.atomic_write(path, lambda f: torch.save(blob, f), "wb")
 
 
 def load_packaged(key: Mapping, path: str | os.PathLike = PACKAGED) -> dict[str, torch.Tensor] | None:
@@ -337,7 +328,7 @@ def ensure_demo_assets(cache_dir: str | os.PathLike, cfg_section: Mapping | None
             os.replace(data_root, old)
             shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, data_root)
-        _atomic_write_text(data_stamp, json.dumps(data_key, indent=1))
+        files.write_text(data_stamp, json.dumps(data_key, indent=1))
         log.info("demo data built in %.1f s", time.perf_counter() - t0)
 
     pre_key = _pretrain_key(cfg, seed)
@@ -346,10 +337,8 @@ def ensure_demo_assets(cache_dir: str | os.PathLike, cfg_section: Mapping | None
     if _read_json(ckpt_stamp) == stamp and ckpt.is_file():
         log.info("demo backbone: reusing %s", ckpt)
     elif packaged is not None:
-        tmp = ckpt.with_name(f".{ckpt.name}.tmp-{uuid.uuid4().hex[:8]}")
-        torch.save(packaged, tmp)
-        os.replace(tmp, ckpt)
-        _atomic_write_text(ckpt_stamp, json.dumps(stamp, indent=1))
+        files.atomic_write(ckpt, lambda f: torch.save(packaged, f), "wb")
+        files.write_text(ckpt_stamp, json.dumps(stamp, indent=1))
         log.info("demo backbone: the packaged one (%s) -> %s", PACKAGED.name, ckpt)
     else:
         t0 = time.perf_counter()
@@ -358,10 +347,8 @@ def ensure_demo_assets(cache_dir: str | os.PathLike, cfg_section: Mapping | None
         images, captions = demo.pretrain_mixture(seed, mixture_sizes(cfg), cfg["pretrain"]["domains"],
                                                  cfg["pretrain"].get("captions_per_domain"))
         state = pretrain_clip(images, captions, cfg, seed, device=device)
-        tmp = ckpt.with_name(f".{ckpt.name}.tmp-{uuid.uuid4().hex[:8]}")
-        torch.save(state, tmp)
-        os.replace(tmp, ckpt)
-        _atomic_write_text(ckpt_stamp, json.dumps(stamp, indent=1))
+        files.atomic_write(ckpt, lambda f: torch.save(state, f), "wb")
+        files.write_text(ckpt_stamp, json.dumps(stamp, indent=1))
         log.info("demo backbone pre-trained in %.1f s -> %s", time.perf_counter() - t0, ckpt)
     return data_root, ckpt
 

@@ -13,16 +13,17 @@ from pathlib import Path
 
 from .. import config, report, rundir
 from ..errors import MtilError
-from ..rundir import files as checkpoint
-from .run import CHECKPOINT, run
+from ..rundir import files
+from ..rundir.layout import RunDir
+from .run import run
 
 log = logging.getLogger(__name__)
 
 
 def cell_status(cell: Path) -> str:
     """done / partial (a checkpoint to resume from; a damaged results.json is rewritten by the resume) / new."""
-    has_checkpoint = (cell / CHECKPOINT).exists()
-    if (cell / "results.json").exists():
+    has_checkpoint = RunDir(cell).checkpoint.exists()
+    if RunDir(cell).finished():
         try:
             if rundir.read_results(cell).get("complete"):
                 return "done"
@@ -51,7 +52,7 @@ def run_grid(config_path, overrides: list[str], policies: list[str], seeds: list
             cell = out / f"{policy}-seed{seed}"
             cfg = config.load(config_path, [*overrides, f"policy.name={policy}", f"seed={seed}", "output.plots=false"])
             status = cell_status(cell)
-            if status != "new" and (cell / "config.yaml").exists():
+            if status != "new" and RunDir(cell).config.exists():
                 diff = _differences(rundir.read_config(cell), config.unwrap(cfg))
                 if diff:
                     raise MtilError(f"cell {cell} was run with another config ({'; '.join(diff[:3])}"
@@ -73,10 +74,10 @@ def summarize_grid(cells: list[Path], out: Path) -> dict:
     groups = report.group_runs(cells)
     by_policy = {g.label: g.runs for g in groups}  # labels are unique per config (report.group_runs)
     paths = {"table_md": out / "compare.md", "table_json": out / "compare.json", "figure": out / "compare.png"}
-    checkpoint.write_text(paths["table_md"], report.render(cells, "md") + "\n")
-    checkpoint.write_text(paths["table_json"], report.render(cells, "json") + "\n")
+    files.write_text(paths["table_md"], report.render(cells, "md") + "\n")
+    files.write_text(paths["table_json"], report.render(cells, "json") + "\n")
     fig = compare_policies(by_policy)
     for suffix in ("png", "svg"):
         target = out / f"compare.{suffix}"
-        checkpoint.atomic_write(target, lambda f, s=suffix: fig.savefig(f, format=s, dpi=120, bbox_inches="tight"), "wb")
+        files.atomic_write(target, lambda f, s=suffix: fig.savefig(f, format=s, dpi=120, bbox_inches="tight"), "wb")
     return {k: str(v) for k, v in paths.items()}

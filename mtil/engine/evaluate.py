@@ -30,7 +30,8 @@ MODES = ("oracle", "selector", "task-free", "zero-shot")
 
 
 @dataclass
-class _Cached:
+class CachedTest:
+    """A split's adapter-independent part, computed once per run."""
     features: torch.Tensor     # frozen-CLIP image features, normalized, [n, D]
     labels: torch.Tensor       # [n]
     indices: torch.Tensor      # positions in the split (decodable images only)
@@ -50,7 +51,7 @@ class Evaluator:
                                      neighbours=selector_cfg.neighbours, quantile=selector_cfg.quantile,
                                      margin=selector_cfg.margin, mode=selector_cfg.mode)
         self.max_fit = selector_cfg.max_fit_samples
-        self._cache: dict[int, _Cached] = {}
+        self._cache: dict[int, CachedTest] = {}
         self._zero_shot_text: dict[int, torch.Tensor] = {}
         self._pixel_budget = int(eval_cfg.pixel_cache_mb * 2 ** 20)
         self.skipped = Skipped() if skipped is None else skipped   # undecodable images (data.bad_images=skip)
@@ -61,7 +62,7 @@ class Evaluator:
                                                 self.data_cfg.num_workers, self.data_cfg.bad_images))
 
     @torch.no_grad()
-    def _frozen_features(self, ds, name: str, split: str, keep_pixels: bool) -> _Cached:
+    def _frozen_features(self, ds, name: str, split: str, keep_pixels: bool) -> CachedTest:
         feats, labels, indices, pixels = [], [], [], []
         for batch in self._loader(ds, name, split):
             if batch is None:
@@ -75,9 +76,10 @@ class Evaluator:
                 pixels.append(x.half())
         if not feats:
             raise MtilError(f"no decodable images in {name}/{split}; re-run `mtil prepare {name}`")
-        return _Cached(torch.cat(feats), torch.cat(labels), torch.cat(indices), torch.cat(pixels) if keep_pixels else None)
+        return CachedTest(torch.cat(feats), torch.cat(labels), torch.cat(indices), torch.cat(pixels) if keep_pixels else None)
 
-    def _test_cache(self, j: int) -> _Cached:
+    def cached_test(self, j: int) -> CachedTest:
+        """Test set j's frozen features, labels, indices and (within eval.pixel_cache_mb) pixels, cached."""
         if j not in self._cache:
             task = self.tasks[j]
             size = len(task.test) * 3 * 2 * int(np.prod(self._image_hw()))
@@ -113,14 +115,18 @@ class Evaluator:
         return emb
 
     @torch.no_grad()
-    def fit_selector(self, t: int) -> None:
-        """Fit task t's selector model on frozen features of (up to max_fit_samples of) its training images."""
+    def selector_features(self, t: int) -> CachedTest:
+        """Frozen features of the (up to max_fit_samples, seeded) training images task t's selector is fitted on."""
         task = self.tasks[t]
         ds = task.train
         if len(ds) > self.max_fit:
             rng = np.random.default_rng(seed_for(self.seed, task.name, "selector"))
             ds = ds.select(np.sort(rng.permutation(len(ds))[:self.max_fit]))
-        cached = self._frozen_features(ds, task.name, "train", keep_pixels=False)
+        return self._frozen_features(ds, task.name, "train", keep_pixels=False)
+
+    def fit_selector(self, t: int) -> None:
+        """Fit task t's selector model on `selector_features(t)`."""
+        cached = self.selector_features(t)
         self.selector.fit_task(t, cached.features, cached.labels)
 
     # ---- one row -----------------------------------------------------------------------------------------------
@@ -137,7 +143,7 @@ class Evaluator:
         return self.selector.predict(feats, batch_size=self.cfg.batch_size)
 
     @torch.no_grad()
-    def _adapted_features(self, j: int, cached: _Cached, positions: torch.Tensor, routers: torch.Tensor) -> torch.Tensor:
+    def _adapted_features(self, j: int, cached: CachedTest, positions: torch.Tensor, routers: torch.Tensor) -> torch.Tensor:
         out = torch.empty(len(positions), cached.features.shape[1])
         bs = self.cfg.batch_size
         if cached.pixels is not None:
@@ -163,7 +169,7 @@ class Evaluator:
         self.model.eval()
         accs, correct_task, total = [], 0, 0
         for j in tqdm(range(len(self.tasks)), desc=f"eval after {learned} task(s)", leave=False, disable=None):
-            cached = self._test_cache(j)
+            cached = self.cached_test(j)
             task_routes = self.routes(j, learned, cached.features)
             target = j if j < learned else UNSEEN
             correct_task += int((task_routes == target).sum())

@@ -1,10 +1,4 @@
-"""Optimizer, learning-rate schedule, and the guard that keeps locked adapter slices bit-identical.
-
-Experts live in stacked tensors, so a frozen expert is a slice, not a parameter that can leave the optimizer.
-`SliceGuard` hooks the optimizer step: before it, the gradients of locked slices are zeroed and the slices
-saved; after it, they are written back. "Locked" = frozen or inactive experts, and every router but the one
-being trained. This holds whatever the optimizer does (AdamW momentum, weight decay, fp16 scaler), which is the
-guarantee users rely on.
+"""The adapters' optimizer and learning-rate schedule, and the reset of one slot's optimizer state.
 
 `SlotAdamW` is torch's AdamW with one step count per expert slot (per expert for expert tensors, per expert
 column for routers). `reset_state` (merge target, grown expert) zeroes one slot's moments and its step count, so
@@ -103,46 +97,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, iterations: int, warmup: i
     """timm's cosine schedule with linear warm-up, stepped per optimizer update (`step_update`)."""
     return CosineLRScheduler(optimizer, t_initial=max(iterations, 1), lr_min=min_lr, warmup_t=min(warmup, max(iterations - 1, 0)),
                              warmup_lr_init=0.0, warmup_prefix=False, t_in_epochs=False)
-
-
-class SliceGuard:
-    """Optimizer step hooks that keep locked expert and router slices unchanged."""
-
-    def __init__(self, model: AdaptedCLIP, optimizer: torch.optim.Optimizer, router: int):
-        self.layers = model.layers
-        self.router = router
-        self._saved: list = []
-        self._handles = [optimizer.register_step_pre_hook(self._before),
-                         optimizer.register_step_post_hook(self._after)]
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-
-    def _locked(self, layer: MoEAdapter) -> tuple[torch.Tensor, torch.Tensor]:
-        experts = layer.frozen | ~layer.active
-        routers = torch.ones(layer.router.shape[0], dtype=torch.bool, device=experts.device)
-        routers[self.router] = False
-        return experts, routers
-
-    @torch.no_grad()
-    def _before(self, optimizer, args, kwargs) -> None:
-        self._saved = []
-        for layer in self.layers:
-            experts, routers = self._locked(layer)
-            for tensors, mask in ((layer.expert_tensors(), experts), (layer.router_tensors(), routers)):
-                if not bool(mask.any()):
-                    continue
-                for p in tensors:
-                    if p.grad is not None:
-                        p.grad[mask] = 0
-                    self._saved.append((p, mask, p.detach()[mask].clone()))
-
-    @torch.no_grad()
-    def _after(self, optimizer, args, kwargs) -> None:
-        for p, mask, value in self._saved:
-            p.data[mask] = value
-        self._saved = []
 
 
 @torch.no_grad()

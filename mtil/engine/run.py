@@ -1,7 +1,7 @@
 """One MTIL run, start to end: the walk of DESIGN.md section 8.
 
-config -> backbone.load -> moe.attach -> policies.build -> for each task: train.fit_task -> evaluate.row ->
-results + checkpoint (atomic) -> metrics.summarize. Checkpoints hold adapters, routers, masks, optimizer,
+config -> backbone.load -> policies.build -> moe.attach -> policy.attach -> for each task: Trainer.fit ->
+Evaluator.row -> results + checkpoint (atomic) -> metrics.summarize. Checkpoints hold adapters, routers, masks, optimizer,
 scheduler, RNG states, tracker and policy state (never the frozen backbone) and the phase reached, so
 `resume=True` continues mid-task, after training, or after evaluation and ends with the same matrix.
 
@@ -23,12 +23,13 @@ from ..data import pipeline
 from ..errors import MtilError, NonFiniteLoss
 from ..model import backbone, moe
 from ..model.usage import UsageTracker
-from ..rundir import files as checkpoint
+from ..rundir import files
+from ..rundir.layout import CHECKPOINT, RunDir
+from . import checkpoint
 from .evaluate import Evaluator
-from .train import fit_task
+from .train import Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoints/last.pt"
 # keys that may differ between the run that wrote a checkpoint and the run that resumes it (the data and
 # backbone paths: a run directory moved to another machine or MTIL_CACHE, the demo's cached assets included)
 RESUME_MAY_CHANGE = {"data.root", "data.num_workers", "eval.batch_size", "eval.pixel_cache_mb", "output.plots",
@@ -70,10 +71,9 @@ def prepare_out_dir(out: Path, resume: bool) -> None:
         probe.unlink()
     except OSError as e:
         raise MtilError(f"output directory '{out}' is not writable ({e.strerror}); choose another --out") from None
-    has_run = (out / "results.json").exists() or (out / CHECKPOINT).exists()
-    if resume and not (out / CHECKPOINT).exists():
+    if resume and not RunDir(out).checkpoint.exists():
         raise MtilError(f"--resume: no checkpoint in '{out}' ({CHECKPOINT} missing); run without --resume to start")
-    if not resume and has_run:
+    if not resume and RunDir(out).has_run():
         raise MtilError(f"'{out}' already holds a run; continue it with --resume or choose another --out")
 
 
@@ -89,6 +89,7 @@ class Run:
             raise MtilError("a data.demo config reached the run without its assets; resolve them first with "
                             "mtil.demo.pretrain.resolve_demo_assets(cfg) (mtil demo, mtil run and mtil.engine.run.run do)")
         self.cfg, self.out, self.resume = cfg, Path(out), resume
+        self.dir = RunDir(out)
         # every value was checked against its base.yaml rule when the config was loaded (mtil.config)
         self.accelerator = Accelerator(mixed_precision="no" if cfg.model.precision == "fp32" else cfg.model.precision)
         if self.accelerator.is_main_process:
@@ -105,11 +106,13 @@ class Run:
                       noisy_gating=cfg.moe.noisy_gating, dropout=cfg.moe.dropout, scale=cfg.moe.scale,
                       adapter_input=cfg.moe.adapter_input, expert_init=cfg.moe.expert_init,
                       num_routers=len(self.tasks) if cfg.moe.router == "per_task" else 1)
-        kwargs.update(policies.moe_overrides(cfg))
+        self.policy = policies.build(cfg)
+        kwargs.update(self.policy.adapter_overrides())
         self.adapted = moe.attach(self.backbone.model, **kwargs)
         self.tracker = UsageTracker(self.adapted)
+        self.policy.attach(self.adapted, self.tracker, fresh=not resume)
         self.skipped = pipeline.Skipped()   # undecodable images skipped in this run, each counted and logged once
-        self.policy = policies.build(cfg, self.adapted, self.tracker)
+        self.train_settings = TrainSettings.from_config(cfg)
         self.evaluator = Evaluator(self.adapted, self.tasks, self.backbone.preprocess_val, self.backbone.tokenizer,
                                    eval_cfg=cfg.eval, selector_cfg=cfg.selector, data_cfg=cfg.data, seed=cfg.seed,
                                    shared_router=cfg.moe.router == "shared", device=self.accelerator.device,
@@ -126,7 +129,7 @@ class Run:
         if self.accelerator.num_processes > 1:
             rng = [None] * self.accelerator.num_processes
             torch.distributed.all_gather_object(rng, checkpoint.rng_state())
-        return {"format": 1, "progress": dict(self.progress), "adapters": self.adapted.adapter_state_dict(),
+        return {"progress": dict(self.progress), "adapters": self.adapted.adapter_state_dict(),
                 "train_state": train_state, "rng": rng, "tracker": self.tracker.state_dict(),
                 "policy": self.policy.state_dict(), "rows": self.rows, "selector_accuracy": self.selector_accuracy,
                 "params": self.params}
@@ -134,22 +137,17 @@ class Run:
     def save(self, train_state: dict | None = None) -> None:
         state = self.state(train_state)
         if self.accelerator.is_main_process:
-            checkpoint.torch_save(state, self.out / CHECKPOINT)
+            checkpoint.save(state, self.dir.checkpoint)
             self.write_outputs()
         self.accelerator.wait_for_everyone()
 
     def load(self) -> None:
-        saved_cfg = rundir.read_config(self.out) if (self.out / "config.yaml").exists() else None
-        try:
-            state = torch.load(self.out / CHECKPOINT, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise MtilError(f"cannot read {self.out / CHECKPOINT} ({type(e).__name__}); it is not an mtil checkpoint") from None
-        if not isinstance(state, dict) or state.get("format") != 1:
-            raise MtilError(f"{self.out / CHECKPOINT} is not an mtil checkpoint of this version")
+        saved_cfg = rundir.read_config(self.out) if self.dir.config.exists() else None
+        state = checkpoint.load(self.dir.checkpoint)
         if saved_cfg is not None:
             check_compatible(saved_cfg, self.cfg, state.get("progress"))
             if self.accelerator.is_main_process and saved_cfg != config.unwrap(self.cfg):
-                checkpoint.write_text(self.out / "config.yaml", config.dump(self.cfg))
+                files.write_text(self.dir.config, config.dump(self.cfg))
         self.adapted.load_adapter_state_dict(state["adapters"])
         self.tracker.load_state_dict(state["tracker"])
         self.policy.load_state_dict(state["policy"])
@@ -177,9 +175,9 @@ class Run:
         return out
 
     def write_outputs(self) -> None:
-        checkpoint.write_json(self.out / "results.json", self.results())
-        checkpoint.write_jsonl(self.out / "events.jsonl", self.policy.events)
-        checkpoint.numpy_savez(self.out / "usage.npz", **self.tracker.arrays(self.names))
+        files.write_json(self.dir.results, self.results())
+        files.write_jsonl(self.dir.events, self.policy.events)
+        files.numpy_savez(self.dir.usage, **self.tracker.arrays(self.names))
 
     # ---- the task loop ------------------------------------------------------------------------------------------
     def execute(self) -> dict:
@@ -187,11 +185,12 @@ class Run:
             self.load()
             if self.accelerator.is_main_process:   # rewritten from the checkpoint: repairs damaged or stale copies
                 self.write_outputs()
-        else:
-            self.policy.setup()
-            if self.accelerator.is_main_process:
-                checkpoint.write_text(self.out / "config.yaml", config.dump(self.cfg))
-        model = self.accelerator.prepare_model(self.adapted)
+        elif self.accelerator.is_main_process:
+            files.write_text(self.dir.config, config.dump(self.cfg))
+        trainer = Trainer(self.train_settings, accelerator=self.accelerator,
+                          model=self.accelerator.prepare_model(self.adapted), adapted=self.adapted,
+                          policy=self.policy, tracker=self.tracker, transform=self.backbone.preprocess_train,
+                          tokenizer=self.backbone.tokenizer, skipped=self.skipped)
         routers = [t if self.cfg.moe.router == "per_task" else 0 for t in range(len(self.tasks))]
         if self.cfg.eval.mode == "selector":
             last_fitted = self.progress["task"] if self.progress["phase"] == "train" else self.progress["task"] + 1
@@ -207,12 +206,9 @@ class Run:
                     self.save(train_state)
 
                 try:
-                    global_step = fit_task(
-                        accelerator=self.accelerator, model=model, adapted=self.adapted, policy=self.policy,
-                        tracker=self.tracker, task=self.tasks[t], task_index=t, router=routers[t], cfg=self.cfg,
-                        transform=self.backbone.preprocess_train, tokenizer=self.backbone.tokenizer,
-                        start_step=self.progress["step"], global_step=self.progress["global_step"],
-                        resume_state=self.train_state, save_checkpoint=save_mid_task, skipped=self.skipped)
+                    global_step = trainer.fit(self.tasks[t], t, routers[t], start_step=self.progress["step"],
+                                              global_step=self.progress["global_step"],
+                                              resume_state=self.train_state, save_checkpoint=save_mid_task)
                 except NonFiniteLoss as e:
                     raise MtilError(f"{e}; {self._nan_advice(t)}") from None
                 self.train_state = None
@@ -237,9 +233,9 @@ class Run:
     def _nan_advice(self, t: int) -> str:
         """What to do after a NaN loss in task t, given the checkpoint the run directory holds."""
         key = f"train.lr_per_task.{self.names[t]}"
-        if not (self.out / CHECKPOINT).exists():
+        if not self.dir.checkpoint.exists():
             return f"no task has finished, so there is nothing to resume: lower {key} (or train.lr) and run again"
-        state = torch.load(self.out / CHECKPOINT, map_location="cpu", weights_only=False)["progress"]
+        state = checkpoint.load(self.dir.checkpoint)["progress"]
         if state["task"] == t and state["phase"] == "train" and state["step"] > 0:
             return (f"the last checkpoint is at step {state['step']} of this task and --resume would keep its learning "
                     f"rate; to lower {key}, start again in a new --out")

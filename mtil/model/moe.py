@@ -30,9 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MtilError
-from . import backbone
+from . import TOWERS, backbone
 
-TOWERS = ("image", "text")
 INPUTS = ("residual", "ln_2")
 INITS = ("lora", "linear", "fresh")
 

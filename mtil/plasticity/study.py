@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from .. import config as mtil_config
 from ..errors import MtilError
 from ..metrics import mean_std
+from ..rundir import files
 from . import methods as registry
 from .models import ConvTrunk, PlasticityNet, n_params
 from .stream import ChunkStream, noisy_labels
@@ -272,19 +273,6 @@ def run_one(cfg, name: str, seed: int, data: Data) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- study
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def summarize(records: dict, methods: list[str], seeds: list[int]) -> dict:
     out = {}
     for m in methods:
@@ -364,11 +352,11 @@ def run_study(cfg, out: Path, methods: list[str] | None = None, seeds: list[int]
         try:
             data = prepare_data(cfg, device)  # before anything is written: bad data leaves no half-made --out
             out.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(out / "config.yaml", mtil_config.dump(cfg))
+            files.write_text(out / "config.yaml", mtil_config.dump(cfg))
             for m, s in todo:
                 rec = run_one(cfg, m, s, data)
                 rec["fingerprint"] = fp
-                write_json_atomic(out / "runs" / f"{m}-seed{s}.json", rec)
+                files.write_json(out / "runs" / f"{m}-seed{s}.json", rec, indent=1)
                 records[(m, s)] = rec
         finally:
             torch.set_num_threads(threads)
@@ -379,14 +367,14 @@ def run_study(cfg, out: Path, methods: list[str] | None = None, seeds: list[int]
                "summary": summary,
                "runs": {f"{m}-seed{s}": {k: v for k, v in records[(m, s)].items() if k not in drop}
                         for m in methods for s in seeds}}
-    write_json_atomic(out / "results.json", results)
+    files.write_json(out / "results.json", results, indent=1)
     timings = {f"{m}-seed{s}": {k: records[(m, s)].get(k) for k in sorted(drop)} for m in methods for s in seeds}
-    write_json_atomic(out / "timings.json", timings)
+    files.write_json(out / "timings.json", timings, indent=1)
     table = table_markdown(summary, cfg.study.chunks)
-    write_text_atomic(out / "table.md", table)
+    files.write_text(out / "table.md", table)
     from .figures import plot_training_accuracy
 
     figs = plot_training_accuracy(summary, out, cfg.study.steps_per_chunk, cfg.study.chunks, cfg.plot.smooth,
                                   cfg.plot.dpi)
-    files = [out / "results.json", out / "table.md", *figs, out / "timings.json", out / "config.yaml"]
-    return StudyResult(table, files, todo, skipped)
+    written = [out / "results.json", out / "table.md", *figs, out / "timings.json", out / "config.yaml"]
+    return StudyResult(table, written, todo, skipped)

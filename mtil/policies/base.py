@@ -1,60 +1,85 @@
-"""Policy base class, registry and the event log.
+"""Policy base class, registry, the run facts a policy may know, and the event log.
 
-A policy is told `begin_task(t)`, `after_step(step)` and `end_task(t)` by the training loop; it reads the usage
-tracker and may freeze, merge or grow experts. Whenever it changes what trains inside a task, it resets the
-affected optimizer state through the `TrainContext` it is given. Every action is appended to `self.events`
-(step, task, tower, block, action, experts), which is checkpointed and written to `events.jsonl`.
+A policy is a plain object built from its own typed settings (`build(cfg)` is the only place that reads the
+config). Its life: `adapter_overrides()` says what adapters it needs (before they exist), `attach(model, tracker,
+fresh)` hands it the adapted model (`fresh`: a new run, not a resume, so it may initialise masks), then the training
+loop calls `begin_task` / `after_step` / `end_task` with a `TrainContext`. A policy that changes what a slot holds
+announces it with `ctx.slot_changed(...)`; keeping the optimizer in step is the training loop's job. Every action
+is appended to `self.events` (step, task, tower, block, action, experts), checkpointed and written to events.jsonl.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-import torch
-
-from ..config import Config
-from ..errors import MtilError
-from ..model.moe import AdaptedCLIP
+from ..model.moe import AdaptedCLIP, MoEAdapter
 from ..model.usage import UsageTracker
+from ..registry import Registry
 
-POLICIES: dict[str, type["Policy"]] = {}
+POLICIES = Registry("policy")
 
 
 def register(name: str):
+    """Class decorator: the policy is `policy.name: <name>` in configs."""
     def deco(cls):
         cls.name = name
-        POLICIES[name] = cls
-        return cls
+        return POLICIES.register(name)(cls)
     return deco
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What every policy may know about the run besides its own settings."""
+    tasks: int                # tasks in the order
+    iterations: int           # optimizer steps per task
+    top_k: int                # moe.top_k
+    hidden: int               # moe.hidden
+    per_task_router: bool     # moe.router == per_task
+
+    @classmethod
+    def from_config(cls, cfg) -> "RunFacts":
+        return cls(len(cfg.data.order), cfg.train.iterations, cfg.moe.top_k, cfg.moe.hidden,
+                   cfg.moe.router == "per_task")
 
 
 @dataclass
 class TrainContext:
-    """What a policy may touch during training."""
+    """What a policy is told during training, and how it reports a changed slot."""
     task: int                 # index in the task order
     task_name: str
     step: int                 # optimizer steps finished in this task
     global_step: int          # optimizer steps finished in the run
-    optimizer: torch.optim.Optimizer | None = None
+    on_slot_change: Callable[[MoEAdapter, int, bool], None] | None = None   # set by the training loop
+
+    def slot_changed(self, layer: MoEAdapter, expert: int, router_column: bool = False) -> None:
+        """Expert `expert` of `layer` (and its router columns) now holds new values: its optimizer state restarts."""
+        if self.on_slot_change is not None:
+            self.on_slot_change(layer, expert, router_column)
 
 
 class Policy:
     """Does nothing: plain MoE adapters trained across tasks (continual fine-tuning of adapters)."""
     name = "base"
 
-    def __init__(self, cfg: Config, model: AdaptedCLIP, tracker: UsageTracker):
-        self.cfg = cfg                  # the whole run config; each policy reads its own section
-        self.model = model
-        self.tracker = tracker
+    def __init__(self, run: RunFacts):
+        self.run = run
+        self.model: AdaptedCLIP | None = None
+        self.tracker: UsageTracker | None = None
         self.events: list[dict[str, Any]] = []
 
-    @staticmethod
-    def moe_overrides(cfg: Config) -> dict:
+    @classmethod
+    def from_config(cls, run: RunFacts, section) -> "Policy":
+        """The policy from its run facts and the config's `policy:` section (each policy reads its own part)."""
+        return cls(run)
+
+    def adapter_overrides(self) -> dict:
         """Changes to the adapter construction arguments this policy needs (e.g. grow's expert width)."""
         return {}
 
-    def setup(self) -> None:
-        """Called once on the fresh model, before the first task (not on resume)."""
+    def attach(self, model: AdaptedCLIP, tracker: UsageTracker, fresh: bool = True) -> "Policy":
+        """Hand the policy the adapted model; `fresh` (not a resume): it may set up the adapters' masks."""
+        self.model, self.tracker = model, tracker
+        return self
 
     def begin_task(self, ctx: TrainContext) -> None:
         pass
@@ -67,7 +92,7 @@ class Policy:
 
     def router_of(self, ctx: TrainContext) -> int:
         """The router the current task trains (its own with per-task routers, else the shared one)."""
-        return ctx.task if self.cfg.moe.router == "per_task" else 0
+        return ctx.task if self.run.per_task_router else 0
 
     def log(self, ctx: TrainContext, action: str, layer, experts: list[int], **extra) -> None:
         self.events.append({"step": ctx.global_step, "task": ctx.task, "task_name": ctx.task_name,
@@ -82,15 +107,6 @@ class Policy:
         self.events = list(state["events"])
 
 
-def build(cfg: Config, model: AdaptedCLIP, tracker: UsageTracker) -> Policy:
-    name = cfg.policy.name
-    if name not in POLICIES:
-        raise MtilError(f"unknown policy '{name}'; registered policies: {', '.join(sorted(POLICIES))}")
-    return POLICIES[name](cfg, model, tracker)
-
-
-def moe_overrides(cfg: Config) -> dict:
-    name = cfg.policy.name
-    if name not in POLICIES:
-        raise MtilError(f"unknown policy '{name}'; registered policies: {', '.join(sorted(POLICIES))}")
-    return POLICIES[name].moe_overrides(cfg)
+def build(cfg) -> Policy:
+    """The configured policy (`policy.name`), not yet attached to a model."""
+    return POLICIES.get(cfg.policy.name).obj.from_config(RunFacts.from_config(cfg), cfg.policy)

@@ -6,18 +6,22 @@ is cumulative and lives in the adapters' `frozen` masks, so it is part of every 
 """
 import torch
 
-from .base import Policy, TrainContext, register
+from .base import Policy, RunFacts, TrainContext, register
 
 
 @register("freeze")
 class Freeze(Policy):
-    def freeze_count(self) -> int:
-        count = self.cfg.policy.freeze.count
-        return self.cfg.moe.top_k if count is None else count
+    def __init__(self, run: RunFacts, count: int | None = None):
+        super().__init__(run)
+        self.count = run.top_k if count is None else count   # experts frozen per layer at each task end
+
+    @classmethod
+    def from_config(cls, run: RunFacts, section) -> "Freeze":
+        return cls(run, count=section.freeze.count)
 
     def end_task(self, ctx: TrainContext) -> None:
         counts = self.tracker.task_counts()
-        k = self.freeze_count()
+        k = self.count
         for layer, row in zip(self.model.layers, counts):
             row = row.masked_fill(~layer.active, -1)
             order = torch.argsort(row, descending=True, stable=True)[:k]

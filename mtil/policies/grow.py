@@ -20,23 +20,10 @@ import functools
 
 import torch
 
-from ..engine import optimizer as optim
 from ..errors import MtilError
-from .base import Policy, TrainContext, register
+from .base import Policy, RunFacts, TrainContext, register
 
-
-def stages(cfg) -> int:
-    """Growth points + 1 over the whole run (every growth adds g experts)."""
-    gc, tasks = cfg.policy.grow, len(cfg.data.order)
-    if gc.every == 0:
-        return tasks
-    return 1 + tasks * cfg.train.iterations // gc.every
-
-
-def final_experts(cfg) -> int:
-    full = cfg.policy.grow.granularity * stages(cfg)
-    cap = cfg.policy.grow.max_experts
-    return full if cap is None else min(full, cap)
+ROUTER_INITS = ("zero", "random", "mean")
 
 
 def expert_width(dim: int, *, hidden: int, budget_experts: int, experts: int, rounding: str) -> int:
@@ -54,51 +41,70 @@ def expert_width(dim: int, *, hidden: int, budget_experts: int, experts: int, ro
 
 @register("grow")
 class Grow(Policy):
-    @staticmethod
-    def moe_overrides(cfg) -> dict:
-        gc = cfg.policy.grow
-        g = gc.granularity  # its range, width_rounding's choices and the max_experts cap are config rules
-        experts = final_experts(cfg)
+    def __init__(self, run: RunFacts, *, granularity: int, every: int, max_experts: int | None = None,
+                 scale_hidden: bool = True, width_rounding: str = "floor", scale_top_k: bool = True,
+                 router_init: str = "zero", expert_init: str = "default"):
+        super().__init__(run)
+        if router_init not in ROUTER_INITS:
+            raise MtilError(f"policy.grow.router_init must be one of {', '.join(ROUTER_INITS)}, got {router_init!r}")
+        self.granularity, self.every, self.max_experts = granularity, every, max_experts
+        self.scale_hidden, self.width_rounding, self.scale_top_k = scale_hidden, width_rounding, scale_top_k
+        self.router_init, self.expert_init = router_init, expert_init
+
+    @classmethod
+    def from_config(cls, run: RunFacts, section) -> "Grow":
+        return cls(run, **dict(section.grow))
+
+    def stages(self) -> int:
+        """Growth points + 1 over the whole run (every growth adds g experts)."""
+        return self.run.tasks if self.every == 0 else 1 + self.run.tasks * self.run.iterations // self.every
+
+    def final_experts(self) -> int:
+        full = self.granularity * self.stages()
+        return full if self.max_experts is None else min(full, self.max_experts)
+
+    def adapter_overrides(self) -> dict:
+        experts = self.final_experts()   # g's range, width_rounding's choices and the cap are config rules
         out = {"num_experts": experts}
-        if gc.scale_hidden:
-            out["hidden"] = functools.partial(expert_width, hidden=cfg.moe.hidden, budget_experts=stages(cfg),
-                                              experts=experts, rounding=gc.width_rounding)
-        if gc.scale_top_k:
-            out["top_k"] = min(cfg.moe.top_k * g, experts)
+        if self.scale_hidden:
+            out["hidden"] = functools.partial(expert_width, hidden=self.run.hidden, budget_experts=self.stages(),
+                                              experts=experts, rounding=self.width_rounding)
+        if self.scale_top_k:
+            out["top_k"] = min(self.run.top_k * self.granularity, experts)
         return out
 
-    def setup(self) -> None:
-        g = self.cfg.policy.grow.granularity
-        for layer in self.model.layers:
-            if g > layer.num_experts:
-                raise MtilError(f"policy.grow.granularity={g} exceeds the {layer.num_experts} expert slots")
-            layer.active[:] = False
-            layer.active[:g] = True
+    def attach(self, model, tracker, fresh: bool = True) -> "Grow":
+        super().attach(model, tracker, fresh)
+        if fresh:   # g experts active at start; a resumed run's masks come from its checkpoint
+            for layer in model.layers:
+                if self.granularity > layer.num_experts:
+                    raise MtilError(f"policy.grow.granularity={self.granularity} exceeds the {layer.num_experts} "
+                                    "expert slots")
+                layer.active[:] = False
+                layer.active[:self.granularity] = True
+        return self
 
     def begin_task(self, ctx: TrainContext) -> None:
-        if self.cfg.policy.grow.every == 0 and ctx.task > 0 and ctx.step == 0:
+        if self.every == 0 and ctx.task > 0 and ctx.step == 0:
             self.grow(ctx)
 
     def after_step(self, ctx: TrainContext) -> None:
-        every = self.cfg.policy.grow.every
-        if every > 0 and ctx.global_step % every == 0:
+        if self.every > 0 and ctx.global_step % self.every == 0:
             self.grow(ctx)
 
     @torch.no_grad()
     def grow(self, ctx: TrainContext) -> None:
-        gc = self.cfg.policy.grow
         for layer in self.model.layers:
             n = int(layer.active.sum())
-            new = list(range(n, min(n + gc.granularity, layer.num_experts)))
+            new = list(range(n, min(n + self.granularity, layer.num_experts)))
             if not new:
                 continue
             open_routers = layer.router_experts.all(dim=1)   # closed routers (finished tasks) never select new experts
             for e in new:
-                layer.reset_expert(e, "fresh" if gc.expert_init == "default" else None)
+                layer.reset_expert(e, "fresh" if self.expert_init == "default" else None)
                 for tensor in layer.router_tensors():
-                    tensor.data[open_routers, :, e] = self.router_column(tensor.data, layer.active, gc.router_init)[open_routers]
-                if ctx.optimizer is not None:
-                    optim.reset_state(ctx.optimizer, layer, e, router_column=True)
+                    tensor.data[open_routers, :, e] = self.router_column(tensor.data, layer.active, self.router_init)[open_routers]
+                ctx.slot_changed(layer, e, router_column=True)
             layer.active[new] = True
             self.log(ctx, "grow", layer, new, active=int(layer.active.sum()))
 
@@ -108,6 +114,4 @@ class Grow(Policy):
             return torch.zeros_like(weights[:, :, 0])
         if mode == "mean":
             return weights[:, :, active].mean(dim=2)
-        if mode == "random":
-            return torch.randn_like(weights[:, :, 0]) * weights.shape[1] ** -0.5
-        raise MtilError(f"policy.grow.router_init must be zero, random or mean, got {mode!r}")
+        return torch.randn_like(weights[:, :, 0]) * weights.shape[1] ** -0.5   # random

@@ -13,8 +13,7 @@ import logging
 
 import torch
 
-from ..engine import optimizer as optim
-from .base import TrainContext, register
+from .base import RunFacts, TrainContext, register
 from .freeze import Freeze
 
 log = logging.getLogger(__name__)
@@ -22,17 +21,25 @@ log = logging.getLogger(__name__)
 
 @register("merge")
 class Merge(Freeze):
-    def begin_task(self, ctx: TrainContext) -> None:
-        self.tracker.new_window()
+    def __init__(self, run: RunFacts, count: int | None = None, *, every: int, warmup: int, window: int | None,
+                 copy_router: bool, frozen_sources: bool, last_step: str):
+        super().__init__(run, count)
+        self.every, self.warmup, self.window = every, warmup, window
+        self.copy_router, self.frozen_sources, self.last_step = copy_router, frozen_sources, last_step
+
+    @classmethod
+    def from_config(cls, run: RunFacts, section) -> "Merge":
+        m = section.merge
+        return cls(run, section.freeze.count, every=m.every, warmup=m.warmup, window=m.window,
+                   copy_router=m.copy_router, frozen_sources=m.frozen_sources, last_step=m.last_step)
 
     def after_step(self, ctx: TrainContext) -> None:
-        mc = self.cfg.policy.merge
-        step = ctx.step
-        if mc.window is not None and mc.window < mc.every and step % mc.every == mc.every - mc.window:
+        step, every = ctx.step, self.every   # the window restarts with each task (training loop) and each merge
+        if self.window is not None and self.window < every and step % every == every - self.window:
             self.tracker.new_window()
-        if step < mc.warmup or step % mc.every != 0:
+        if step < self.warmup or step % every != 0:
             return
-        if step >= self.cfg.train.iterations and mc.last_step == "skip":
+        if step >= self.run.iterations and self.last_step == "skip":
             log.info("task %s: the merge due on its last step (%d) is skipped (policy.merge.last_step=skip)",
                      ctx.task_name, step)
             self.log(ctx, "merge-skipped", None, [], reason="last step of the task: the merged expert would be "
@@ -44,8 +51,7 @@ class Merge(Freeze):
 
     @torch.no_grad()
     def merge_layer(self, ctx: TrainContext, layer, counts: torch.Tensor) -> None:
-        mc = self.cfg.policy.merge
-        sources = layer.active if mc.frozen_sources else layer.active & ~layer.frozen
+        sources = layer.active if self.frozen_sources else layer.active & ~layer.frozen
         ranked = torch.argsort(counts.masked_fill(~sources, -1), descending=True, stable=True)
         a, b = int(ranked[0]), int(ranked[1]) if len(ranked) > 1 else -1
         if b < 0 or counts[a] <= 0 or counts[b] <= 0 or not bool(sources[b]):
@@ -59,10 +65,9 @@ class Merge(Freeze):
         c = int(torch.argmin(counts.masked_fill(~eligible, torch.iinfo(counts.dtype).max)))
         for tensor in layer.expert_tensors():
             tensor.data[c] = (tensor.data[a] + tensor.data[b]) / 2
-        if mc.copy_router:  # only the current task's router: the others are never written
+        if self.copy_router:  # only the current task's router: the others are never written
             r = self.router_of(ctx)
             for tensor in layer.router_tensors():
                 tensor.data[r, :, c] = (tensor.data[r, :, a] + tensor.data[r, :, b]) / 2
-        if ctx.optimizer is not None:
-            optim.reset_state(ctx.optimizer, layer, c, router_column=mc.copy_router)
+        ctx.slot_changed(layer, c, router_column=self.copy_router)
         self.log(ctx, "merge", layer, [a, b, c], counts=[int(counts[a]), int(counts[b]), int(counts[c])])

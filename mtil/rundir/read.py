@@ -20,10 +20,12 @@ import numpy as np
 import yaml
 
 from ..errors import MtilError
+from ..model import TOWERS
+from .layout import RESULTS, RunDir
 
 log = logging.getLogger(__name__)
 
-TOWERS = ("image", "text")
+
 HINT = "give the --out of a `mtil run`"
 
 
@@ -124,12 +126,12 @@ def _read_results(file: Path) -> dict:
 
 def read_results(path: str | os.PathLike) -> dict:
     """results.json of run directory `path`, checked (tasks, a matrix of numbers, complete only with every row)."""
-    return _read_results(Path(path) / "results.json")
+    return _read_results(RunDir(path).results)
 
 
 def read_config(path: str | os.PathLike) -> dict:
     """config.yaml of run directory `path` as a plain mapping ({} when missing)."""
-    return _read_config(Path(path) / "config.yaml")
+    return _read_config(RunDir(path).config)
 
 
 def _read_config(file: Path) -> dict:
@@ -207,7 +209,7 @@ def load_run(path: str | os.PathLike) -> RunRecord:
         raise MtilError(f"{path} does not exist; {HINT}")
     if not path.is_dir():
         raise MtilError(f"{path} is not an mtil run directory (not a folder); {HINT}")
-    results_file = path / "results.json"
+    results_file = RunDir(path).results
     if not results_file.exists():
         inside = find_runs(path)
         if inside:
@@ -215,9 +217,9 @@ def load_run(path: str | os.PathLike) -> RunRecord:
                             f"run directories; give one of them, e.g. {inside[0]}")
         raise MtilError(f"{path} is not an mtil run directory (results.json missing); {HINT}")
     results = _read_results(results_file)
-    return RunRecord(path=path, config=_read_config(path / "config.yaml"), results=results,
-                     events=_read_events(path / "events.jsonl"),
-                     usage=_read_usage(path / "usage.npz", len(results["tasks"])))
+    files = RunDir(path)
+    return RunRecord(path=path, config=_read_config(files.config), results=results, events=_read_events(files.events),
+                     usage=_read_usage(files.usage, len(results["tasks"])))
 
 
 def find_runs(path: str | os.PathLike) -> list[Path]:
@@ -225,5 +227,5 @@ def find_runs(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if not path.is_dir():
         raise MtilError(f"{path} is not a folder; give a folder of run directories (e.g. the --out of `mtil compare`)")
-    found = {f.parent for f in path.rglob("results.json") if f.is_file()}
+    found = {f.parent for f in path.rglob(RESULTS) if f.is_file()}
     return sorted(found)

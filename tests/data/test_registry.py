@@ -1,6 +1,11 @@
 """The dataset registry: the 11 MTIL datasets + TinyImageNet, look-ups, aliases, user registration."""
-import pytest
+from pathlib import Path
 
+import pytest
+import yaml
+
+import mtil
+from mtil import config
 from mtil.data import registry
 from mtil.data.registry import DatasetInfo
 from mtil.data.sources import LabelMatcher, norm
@@ -40,8 +45,10 @@ def test_builtin_counts_and_lists(name, count):
 
 def test_names_order_and_task_orders():
     names = registry.names()
-    assert names[:12] == list(registry.ORDER_I) + ["TinyImageNet"]
-    assert sorted(registry.ORDER_II) == sorted(registry.ORDER_I)
+    orders = yaml.safe_load((Path(mtil.__file__).parent / "references.yaml").read_text())
+    assert names[:12] == orders["order1"]["tasks"] + ["TinyImageNet"]   # built-ins list in Order I (alphabetical)
+    assert names[:11] == config.load(None).data.order                  # base.yaml's default order is Order I
+    assert sorted(orders["order2"]["tasks"]) == sorted(orders["order1"]["tasks"])
     assert set(COUNTS) <= set(names)
 
 

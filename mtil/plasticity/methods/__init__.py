@@ -8,11 +8,11 @@ same parameters across `grow()`; the unused part gets no gradient.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
 
 from torch import nn
 
 from ...errors import MtilError
+from ...registry import Registry
 
 
 class ExpandableMLP(nn.Module):
@@ -45,16 +45,7 @@ class ExpandableMLP(nn.Module):
         return None
 
 
-@dataclass
-class Entry:
-    name: str
-    cls: type
-    config_key: str
-    label: str
-    kwargs: dict = field(default_factory=dict)
-
-
-REGISTRY: dict[str, Entry] = {}
+REGISTRY = Registry("method")
 
 
 def register(name: str, config_key: str | None = None, label: str | None = None, **kwargs):
@@ -63,35 +54,33 @@ def register(name: str, config_key: str | None = None, label: str | None = None,
     be registered under several names (e.g. one per granularity)."""
 
     def deco(cls):
-        if name in REGISTRY:
-            raise ValueError(f"method '{name}' registered twice")
-        REGISTRY[name] = Entry(name, cls, config_key or name, label or cls.label or name, kwargs)
-        return cls
+        return REGISTRY.register(name, config_key=config_key or name, label=label or cls.label or name,
+                                 kwargs=kwargs)(cls)
 
     return deco
 
 
 def names() -> list[str]:
-    return list(REGISTRY)
+    return REGISTRY.names()
 
 
 def label(name: str) -> str:
-    return REGISTRY[name].label
+    return REGISTRY.get(name).meta["label"]
 
 
 def check(names_: list[str]) -> list[str]:
     bad = [n for n in names_ if n not in REGISTRY]
     if bad:
-        raise MtilError(f"unknown method(s) {', '.join(bad)}; registered: {', '.join(REGISTRY)}")
+        raise MtilError(f"unknown method(s) {', '.join(bad)}; registered: {', '.join(REGISTRY.names())}")
     if not names_:
-        raise MtilError(f"no method selected; registered: {', '.join(REGISTRY)}")
+        raise MtilError(f"no method selected; registered: {', '.join(REGISTRY.names())}")
     return names_
 
 
 def build(name: str, in_dim: int, num_classes: int, methods_cfg, chunks: int) -> ExpandableMLP:
     """Method `name` for `chunks` chunks (its last expansion happens at the start of chunk `chunks`)."""
-    entry = REGISTRY[check([name])[0]]
-    return entry.cls(in_dim, num_classes, methods_cfg[entry.config_key], chunks=chunks, **entry.kwargs)
+    entry = REGISTRY.get(check([name])[0])
+    return entry.obj(in_dim, num_classes, methods_cfg[entry.meta["config_key"]], chunks=chunks, **entry.meta["kwargs"])
 
 
 for _module in ("no_expansion", "net2wider", "pnn", "plasticity_injection", "dynamic_moe"):

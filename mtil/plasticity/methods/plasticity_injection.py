@@ -6,7 +6,6 @@ reference's `PlasticityInjection` counts the same: P * (2 (c - 1) + 1)).
 """
 import copy
 
-import torch
 from torch import nn
 
 from ..models import mlp3, n_params

@@ -1,0 +1,36 @@
+"""The layout of a run directory written by `mtil run`: one name per file, nowhere else."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG = "config.yaml"              # the resolved config the run was started with
+RESULTS = "results.json"            # matrix, metrics, params, versions: the run's answer
+EVENTS = "events.jsonl"             # one line per policy action (merge, freeze, grow, skipped)
+USAGE = "usage.npz"                 # per-task expert selection counts, router-weight snapshots
+CHECKPOINT = "checkpoints/last.pt"  # everything --resume needs (never the frozen backbone)
+FIGURES = "figures"                 # `mtil plot` output
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run directory."""
+    path: Path
+
+    def __init__(self, path: str | os.PathLike):
+        object.__setattr__(self, "path", Path(path))
+
+    config = property(lambda self: self.path / CONFIG)
+    results = property(lambda self: self.path / RESULTS)
+    events = property(lambda self: self.path / EVENTS)
+    usage = property(lambda self: self.path / USAGE)
+    checkpoint = property(lambda self: self.path / CHECKPOINT)
+    figures = property(lambda self: self.path / FIGURES)
+
+    def finished(self) -> bool:
+        return self.results.exists()
+
+    def has_run(self) -> bool:
+        """A finished run or one that can be resumed."""
+        return self.results.exists() or self.checkpoint.exists()
