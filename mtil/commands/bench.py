@@ -20,22 +20,20 @@ def add_arguments(p) -> None:
                    help="auto (default): process CPU time on CPU, so other jobs on shared cores do not skew the "
                    "ratios; wall time on CUDA")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--sections", default=",".join(_sections()),
-                   help=f"comma-separated subset of {','.join(_sections())}")
+    p.add_argument("--sections", default=None, help="comma-separated subset of the sections (train, dispatch, eval, "
+                   "memory, scaling: mtil.bench.SECTIONS); default all")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
     p.add_argument("--profile", choices=["moe", "dense", "plain"], default=None,
                    help="instead of the benchmark, print torch.profiler's op table of this variant's training step")
 
 
-def _sections():
-    # kept in step with mtil.bench.SECTIONS (not imported here: building the CLI parser must stay light)
-    return ("train", "dispatch", "eval", "memory", "scaling")
-
-
 def settings_from_args(args):
-    from ..bench import Settings
-    sections = tuple(x.strip() for x in args.sections.split(",") if x.strip())
+    from ..bench import (  # imported here: building the CLI parser stays torch-free
+        SECTIONS,
+        Settings,
+    )
+    sections = SECTIONS if args.sections is None else tuple(x.strip() for x in args.sections.split(",") if x.strip())
     return Settings(model=args.model, batch=args.batch, classes=args.classes, experts=args.experts, top_k=args.top_k,
                     hidden=args.hidden, threads=args.threads, rounds=args.rounds, steps=args.steps,
                     precision=args.precision, clock=args.clock, device=args.device, sections=sections)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..rundir.layout import RunDir
+
 
 def add_arguments(p) -> None:
     p.add_argument("run_dir", help="a run directory (the --out of `mtil run` or `mtil demo`)")
@@ -21,7 +23,7 @@ def execute(args) -> int:
         return 0
     from ..plots import write_run_figures
     written, skipped = write_run_figures(Path(args.run_dir), args.out, args.formats, args.layer)
-    folder = Path(args.out) if args.out else Path(args.run_dir) / "figures"
+    folder = Path(args.out) if args.out else RunDir(args.run_dir).figures
     names = sorted({p.stem for p in written}, key=lambda n: [p.stem for p in written].index(n))
     print(f"wrote {len(written)} files ({len(names)} figures) to {folder}:")
     for path in written:

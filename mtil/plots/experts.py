@@ -10,7 +10,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..errors import MtilError
-from ..rundir.read import TOWERS, RunRecord
+from ..model import TOWERS
+from ..rundir.read import RunRecord
 from .common import (
     MissingData,
     annotate,

@@ -10,6 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..errors import MtilError
+from ..rundir.layout import RunDir
 from .common import MissingData, as_run, save_figure
 from .events import event_timeline
 from .experts import fixed_expert_heatmap, usage_heatmap
@@ -40,7 +41,7 @@ def write_run_figures(run_dir, out_dir=None, formats: Iterable[str] = ("png", "s
     formats = _check_formats(formats)
     if layer is not None:
         parse_layer(run, layer)           # a layer the user named must exist: an error, never a silent skip
-    out = Path(out_dir) if out_dir is not None else run.path / "figures"
+    out = Path(out_dir) if out_dir is not None else RunDir(run.path).figures
     builders: dict[str, Callable[[], Figure]] = {
         "fixed_experts": lambda: fixed_expert_heatmap(run),
         "usage_image": lambda: usage_heatmap(run, "image"),
