@@ -12,7 +12,7 @@ import logging
 import torch
 
 from mtil.demo import domains as demo
-from mtil.demo import pretrain
+from mtil.demo import pretrain, stream
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     if args.source:
         state = torch.load(args.source, map_location="cpu", weights_only=True)
     else:
-        images, captions = demo.pretrain_mixture(cfg.seed, pretrain.mixture_sizes(cfg), cfg.pretrain.domains,
+        images, captions = stream.pretrain_mixture(cfg.seed, pretrain.mixture_sizes(cfg), cfg.pretrain.domains,
                                                  cfg.pretrain.captions_per_domain)
         state = pretrain.pretrain_clip(images, captions, cfg, cfg.seed)
     print(pretrain.export_packaged(state, pretrain._pretrain_key(cfg, cfg.seed)))

@@ -7,8 +7,8 @@ from .. import config
 from ..rundir.layout import RunDir
 
 
-def add_run_options(p) -> None:
-    p.add_argument("--out", default=None, help="run directory (default runs/<config name>)")
+def add_run_options(p, default_out: str = "runs/<config name>") -> None:
+    p.add_argument("--out", default=None, help=f"run directory (default {default_out})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
 

@@ -14,7 +14,7 @@ from .common import add_run_options, execute_run
 def add_arguments(p) -> None:
     p.add_argument("--policy", default=None, help="expert lifecycle policy (default: the config's, merge)")
     p.add_argument("--config", default="demo.yaml", help="demo config (default configs/demo.yaml)")
-    add_run_options(p)
+    add_run_options(p, default_out="runs/demo")
 
 
 def execute(args) -> int:

@@ -2,7 +2,7 @@
 
 The offline demo needs a backbone whose zero-shot transfer to the demo tasks is real: `pretrain_clip` trains
 `mtil-tiny` (open_clip model, tokenizer and `ClipLoss`; AdamW; timm's cosine schedule with warm-up) on the
-image-caption mixture of `mtil.demo.domains.pretrain_mixture`, which covers every demo domain with instances the
+image-caption mixture of `mtil.demo.stream.pretrain_mixture`, which covers every demo domain with instances the
 task splits never use. `ensure_demo_assets` builds the stream once per seed into a cache directory; the
 backbone comes from the package (`mtil/demo/assets/`, written by `scripts/make_demo_backbone.py` with this recipe)
 when its recipe stamp matches the config, else it is pre-trained here. The packaged file is fp16 and keeps only
@@ -36,6 +36,7 @@ from ..errors import MtilError
 from ..model.backbone import register_models
 from ..rundir import files
 from . import domains as demo
+from . import stream
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +323,7 @@ def ensure_demo_assets(cache_dir: str | os.PathLike, cfg_section: Mapping | None
         t0 = time.perf_counter()
         log.info("demo data: building %d domains into %s", len(cfg["domains"]), data_root)
         tmp = base / f".data.tmp-{uuid.uuid4().hex[:8]}"
-        demo.build_stream(tmp, seed, cfg)
+        stream.build_stream(tmp, seed, cfg)
         if data_root.exists():
             old = base / f".data.old-{uuid.uuid4().hex[:8]}"
             os.replace(data_root, old)
@@ -344,7 +345,7 @@ def ensure_demo_assets(cache_dir: str | os.PathLike, cfg_section: Mapping | None
         t0 = time.perf_counter()
         log.info("demo backbone: no packaged backbone for this recipe (demo.pretrain / demo.model / demo.seed "
                  "changed); pre-training one")
-        images, captions = demo.pretrain_mixture(seed, mixture_sizes(cfg), cfg["pretrain"]["domains"],
+        images, captions = stream.pretrain_mixture(seed, mixture_sizes(cfg), cfg["pretrain"]["domains"],
                                                  cfg["pretrain"].get("captions_per_domain"))
         state = pretrain_clip(images, captions, cfg, seed, device=device)
         files.atomic_write(ckpt, lambda f: torch.save(state, f), "wb")

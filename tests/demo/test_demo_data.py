@@ -12,6 +12,7 @@ from mtil.config import wrap
 from mtil.data.prepared import load_info, load_split
 from mtil.demo import domains as demo
 from mtil.demo import pretrain
+from mtil.demo import stream as demo_stream
 from mtil.errors import MtilError
 from mtil.model import backbone
 
@@ -41,14 +42,14 @@ def stream_digest(root, names):
 def stream(tmp_path_factory):
     cfg = small_cfg()
     root = tmp_path_factory.mktemp("demo") / "s0"
-    return root, demo.build_stream(root, 0, cfg), cfg
+    return root, demo_stream.build_stream(root, 0, cfg), cfg
 
 
 def test_build_stream_is_deterministic_per_seed(stream, tmp_path):
     root, names, cfg = stream
     assert names == list(cfg.domains) and len(names) >= 5
-    again = demo.build_stream(tmp_path / "again", 0, cfg)
-    other = demo.build_stream(tmp_path / "other", 1, cfg)
+    again = demo_stream.build_stream(tmp_path / "again", 0, cfg)
+    other = demo_stream.build_stream(tmp_path / "other", 1, cfg)
     assert again == names == other
     assert stream_digest(root, names) == stream_digest(tmp_path / "again", names)
     assert stream_digest(root, names) != stream_digest(tmp_path / "other", names)
@@ -85,7 +86,7 @@ def test_domains_look_different(stream):
 def test_mixture_is_disjoint_from_the_stream_and_covers_every_domain(stream):
     root, stream_names, _ = stream
     names = list(demo.default_section().pretrain.domains)
-    images, captions = demo.pretrain_mixture(0, {n: 60 for n in names}, names)
+    images, captions = demo_stream.pretrain_mixture(0, {n: 60 for n in names}, names)
     assert images.shape == (60 * len(names), 32, 32, 3) and images.dtype == np.uint8
     assert len(captions) == len(images)
     stream_hashes = {hashlib.sha256(np.asarray(r["image"].convert("RGB")).tobytes()).digest()
@@ -95,10 +96,10 @@ def test_mixture_is_disjoint_from_the_stream_and_covers_every_domain(stream):
     assert len(set(captions)) > 10 * len(names)
     for name in names:  # each domain alone: captions name its classes, from several caption templates
         dom = demo.DOMAINS[name]
-        _, caps = demo.pretrain_mixture(0, 60, [name])
+        _, caps = demo_stream.pretrain_mixture(0, 60, [name])
         assert len(dom.captions) >= 5 and len(set(caps)) >= 8
         assert all(any(cn.lower() in c.lower() for cn in dom.classnames) for c in caps)
-    again, captions2 = demo.pretrain_mixture(0, {n: 60 for n in names}, names)
+    again, captions2 = demo_stream.pretrain_mixture(0, {n: 60 for n in names}, names)
     assert np.array_equal(images, again) and captions == captions2
 
 
@@ -115,12 +116,12 @@ def test_unknown_domain_is_one_clear_error(tmp_path):
     cfg = small_cfg()
     cfg.domains = ["Colors", "Nope"]
     with pytest.raises(MtilError, match="unknown demo domain.*Nope.*available"):
-        demo.build_stream(tmp_path, 0, cfg)
+        demo_stream.build_stream(tmp_path, 0, cfg)
 
 
 def test_tiny_pretraining_gives_a_checkpoint_open_clip_loads(tmp_path):
     cfg = small_cfg()
-    images, captions = demo.pretrain_mixture(0, 24, cfg.pretrain.domains)
+    images, captions = demo_stream.pretrain_mixture(0, 24, cfg.pretrain.domains)
     state = pretrain.pretrain_clip(images, captions, cfg, seed=0)
     again = pretrain.pretrain_clip(images, captions, cfg, seed=0)
     assert all(torch.equal(state[k], again[k]) for k in state)  # deterministic for a seed
@@ -145,12 +146,12 @@ def test_ensure_demo_assets_builds_once_then_reuses(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("rebuilt although cached")
     monkeypatch.setattr(pretrain, "pretrain_clip", boom)
-    monkeypatch.setattr(demo, "build_stream", boom)
+    monkeypatch.setattr(demo_stream, "build_stream", boom)
     assert pretrain.ensure_demo_assets(tmp_path, cfg, seed=3) == (data_root, ckpt)
     assert ckpt.stat().st_mtime_ns == stamp
     monkeypatch.undo()
     changed = small_cfg(steps=2)  # another recipe: the checkpoint is rebuilt, the data reused
-    monkeypatch.setattr(demo, "build_stream", boom)
+    monkeypatch.setattr(demo_stream, "build_stream", boom)
     pretrain.ensure_demo_assets(tmp_path, changed, seed=3)
     assert ckpt.stat().st_mtime_ns != stamp
 
@@ -177,7 +178,7 @@ def test_config_section_keys():
 
 def test_a_stream_only_vocabulary_cannot_be_pre_trained_on():
     with pytest.raises(MtilError, match="Pigments have no pre-training captions"):
-        demo.pretrain_mixture(0, 4, ["Colors", "Pigments"])
+        demo_stream.pretrain_mixture(0, 4, ["Colors", "Pigments"])
 
 
 def test_packaged_backbone_is_the_default_recipe_and_is_used_without_pre_training(tmp_path, monkeypatch):

@@ -70,7 +70,7 @@ def child_env(tmp_path, **extra):
     (hooks / "sitecustomize.py").write_text(PAUSE_HOOK)
     env = {k: v for k, v in os.environ.items() if k != "MTIL_TEST_PAUSE_WRITE"}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=os.pathsep.join([str(hooks), str(Path(__file__).resolve().parents[1])]
+               PYTHONPATH=os.pathsep.join([str(hooks), str(Path(__file__).resolve().parents[2])]
                                           + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     env.update(extra)
     return env
