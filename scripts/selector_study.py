@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from mtil import config
+from mtil.data import pipeline
 from mtil.demo.pretrain import resolve_demo_assets
 from mtil.engine.evaluate import Evaluator
 from mtil.engine.selector import UNSEEN, TaskSelector
@@ -23,7 +24,6 @@ from mtil.model import backbone, moe
 
 def measure(cfg) -> dict:
     resolve_demo_assets(cfg)
-    from mtil.data import pipeline
     bb = backbone.load(cfg.model.name, cfg.model.pretrained)
     tasks = [pipeline.load_task(cfg.data, name, cfg.seed) for name in cfg.data.order]
     model = moe.attach(bb.model, towers=("image",), num_experts=2, top_k=1, hidden=1, num_routers=1)
@@ -31,12 +31,10 @@ def measure(cfg) -> dict:
                    data_cfg=cfg.data, seed=cfg.seed, shared_router=False, device="cpu")
     train = [ev.selector_features(t) for t in range(len(tasks))]
     test = [ev.cached_test(j).features for j in range(len(tasks))]
-    s = cfg.selector
     out = {}
     for mode in ("sample", "batch"):
         def fitted(seen):
-            sel = TaskSelector(s.method, components=s.components, neighbours=s.neighbours, quantile=s.quantile,
-                               margin=s.margin, mode=mode)
+            sel = TaskSelector.from_config(cfg.selector, mode=mode)
             for t in seen:
                 sel.fit_task(t, train[t].features, train[t].labels)
             return sel

@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 def cell_status(cell: Path) -> str:
     """done / partial (a checkpoint to resume from; a damaged results.json is rewritten by the resume) / new."""
-    has_checkpoint = RunDir(cell).checkpoint.exists()
-    if RunDir(cell).finished():
+    paths = RunDir(cell)
+    has_checkpoint = paths.checkpoint.exists()
+    if paths.finished():
         try:
             if rundir.read_results(cell).get("complete"):
                 return "done"

@@ -47,9 +47,7 @@ class Evaluator:
         self.model, self.tasks, self.transform, self.tokenizer = model, tasks, transform, tokenizer
         self.cfg, self.data_cfg, self.seed = eval_cfg, data_cfg, seed
         self.shared_router, self.device, self.autocast = shared_router, device, autocast
-        self.selector = TaskSelector(selector_cfg.method, components=selector_cfg.components,
-                                     neighbours=selector_cfg.neighbours, quantile=selector_cfg.quantile,
-                                     margin=selector_cfg.margin, mode=selector_cfg.mode)
+        self.selector = TaskSelector.from_config(selector_cfg)
         self.max_fit = selector_cfg.max_fit_samples
         self._cache: dict[int, CachedTest] = {}
         self._zero_shot_text: dict[int, torch.Tensor] = {}

@@ -31,8 +31,6 @@ MODES = ("sample", "batch")
 
 
 class _PCAModel:
-    logdet = 0.0   # tasks are compared by their threshold-relative errors alone
-
     def __init__(self, x: np.ndarray, y: np.ndarray, components: int):
         k = max(1, min(components, x.shape[0] - 1, x.shape[1]))
         self.pca = PCA(n_components=k, svd_solver="full").fit(x)
@@ -45,8 +43,6 @@ class _PCAModel:
 
 
 class _KNNModel:
-    logdet = 0.0   # tasks are compared by their threshold-relative distances alone
-
     def __init__(self, x: np.ndarray, y: np.ndarray, neighbours: int):
         self.bank = x / np.linalg.norm(x, axis=1, keepdims=True)
         self.k = max(1, min(neighbours, len(x) - 1))
@@ -93,6 +89,12 @@ class TaskSelector:
         self.size = {"knn": neighbours, "pca": components, "gaussian": 0}[method]   # the model's one size knob
         self.models: dict[int, tuple[object, float]] = {}
 
+    @classmethod
+    def from_config(cls, section, **overrides) -> "TaskSelector":
+        """The selector of a config's `selector:` section (`overrides` replace some of its keys)."""
+        kw = {k: section[k] for k in ("method", "components", "neighbours", "quantile", "margin", "mode")}
+        return cls(**{**kw, **overrides})
+
     def fit_task(self, task: int, features: torch.Tensor, labels: torch.Tensor) -> None:
         x = features.float().cpu().numpy().astype(np.float64)
         y = labels.cpu().numpy()
@@ -123,7 +125,7 @@ class TaskSelector:
             starts = np.arange(0, n, batch_size or n)
             sizes = np.diff(np.append(starts, n))
             dist = np.repeat(np.add.reduceat(dist, starts, axis=0) / sizes[:, None], sizes, axis=0)
-        if self.method == "gaussian":
+        if self.method == "gaussian":   # the Gaussian log-likelihood; the other models compare distance / threshold
             key = dist + np.array([m.logdet for _, (m, _) in sorted(self.models.items())])
         else:
             key = dist / thr

@@ -192,8 +192,6 @@ class MoEAdapter(nn.Module):
 
     def dispatch(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Vectorized expert mixture: gather the chosen experts' weights per sample, two batched matmuls."""
-        n, length, d = x.shape
-        k = idx.shape[1]
         dtype = x.dtype
         w_down = self.w_down[idx].to(dtype)                       # [N, k, d, h]
         hid = torch.einsum("nld,nkdh->nklh", x, w_down) + self.b_down[idx].to(dtype).unsqueeze(2)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 CONFIG = "config.yaml"              # the resolved config the run was started with
@@ -13,13 +12,11 @@ CHECKPOINT = "checkpoints/last.pt"  # everything --resume needs (never the froze
 FIGURES = "figures"                 # `mtil plot` output
 
 
-@dataclass(frozen=True)
 class RunDir:
     """Paths of one run directory."""
-    path: Path
 
     def __init__(self, path: str | os.PathLike):
-        object.__setattr__(self, "path", Path(path))
+        self.path = Path(path)
 
     config = property(lambda self: self.path / CONFIG)
     results = property(lambda self: self.path / RESULTS)

@@ -113,7 +113,7 @@ def small(tmp_path):
 def test_load_errors_name_path_and_command(small, tmp_path, capsys):
     root = small
     missing_root = tmp_path / "nowhere"
-    line = check_error(capsys, ["prepare", "DTD", "--check", "--root", str(missing_root)],
+    check_error(capsys, ["prepare", "DTD", "--check", "--root", str(missing_root)],
                        f"data root '{missing_root}' does not exist", "data.root=", "mtil prepare")
     with pytest.raises(MtilError, match="data root"):
         load_split(missing_root, "Small", "train")

@@ -243,7 +243,7 @@ def test_two_stage_minatar_switches_after_switch_at_points():
     assert obs.shape[-3:] == (10, 10, 10)
     switched = 0
     for i in range(n):
-        st, ob, al, sc = stage[i][alive[i]], obs[i][alive[i]], alive[i], score[i][alive[i]]
+        st, ob, sc = stage[i][alive[i]], obs[i][alive[i]], score[i][alive[i]]
         assert np.all(np.diff(st) >= 0)                       # stages only move forward within an episode
         assert np.all(sc[st == 1] >= 2)                        # stage 1 only after 2 Breakout points
         assert np.all(sc[st == 0] < 2)
