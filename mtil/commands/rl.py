@@ -1,5 +1,6 @@
 """`mtil rl CONFIG [--set k=v] --out DIR [--resume]`: one PPO run of the DynamicMoE RL study (seed 000, 3.2).
-`mtil rl --compare RUN_DIR... --out DIR`: the variants x seeds comparison (Fig. 3 curves, table).
+`mtil rl --compare RUN_DIR... --out DIR`: the variants x seeds comparison (tables with bootstrap intervals,
+Fig. 3 curves, the router-specialisation figure).
 
 Configs: rl/minatar_{no_moe,1_expert,2_experts,grow}.yaml (CPU), rl/craftax_*.yaml (the paper's, GPU).
 Needs the optional extra: pip install -e ".[rl]".
@@ -19,6 +20,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=None, help="run directory (default runs/rl/<config name>); with --compare, "
                    "the folder for the comparison figure and table (default runs/rl/compare)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--start-from", default=None, metavar="RUN_DIR",
+                   help="start from RUN_DIR's snapshot before its growth (a run of the same config up to "
+                   "moe.experts_end, e.g. the 1-expert run from the grow run of its seed): bit-identical, cheaper")
     p.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="stop (with a checkpoint) after iteration N; --resume continues")
     p.add_argument("--compare", nargs="+", default=None, metavar="RUN_DIR",
@@ -47,9 +51,9 @@ def _compilation_cache():
 
 def execute(args) -> int:
     if args.compare is not None:
-        from ..rl import figures
+        from ..rl import compare
         out = Path(args.out or "runs/rl/compare")
-        table, files = figures.compare(args.compare, out)
+        table, files = compare.compare(args.compare, out)
         print(table)
         print("wrote: " + ", ".join(str(f) for f in files))
         return 0
@@ -68,7 +72,7 @@ def execute(args) -> int:
     cfg = train.load_config(path, args.overrides)
     if out is None:
         out = Path("runs/rl") / Path(args.config).stem
-    results = train.Run(cfg, out, args.resume).execute(args.stop_after)
+    results = train.Run(cfg, out, args.resume, args.start_from).execute(args.stop_after)
     final = results["final_return"]
     print(f"{results['label']}: {len(results['curve'])} curve points, final return "
           f"{'n/a' if final is None else f'{final:.2f}'} ({'complete' if results['complete'] else 'stopped'}; "

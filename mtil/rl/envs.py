@@ -5,7 +5,8 @@ reward, done, info) without auto-reset, and `stage(state)`: the distribution the
 MinAtar: 0 Breakout, 1 SpaceInvaders; Craftax: `player_level`, 0 overworld, 1 dungeon, ...).
 `VecEnv` batches one, resets finished episodes the way Craftax_Baselines' OptimisticResetVecEnvWrapper does
 (num_envs / reset_ratio fresh worlds per step, shared among the finished episodes; ratio 1 = a fresh world for
-every episode) and logs episode return, length and the highest stage reached, as its LogWrapper does.
+every episode) and logs episode return, length and the highest stage reached, as its LogWrapper does, plus the
+return split by the stage the agent was in when it earned it (stage 0 / stage >= 1).
 """
 from __future__ import annotations
 
@@ -29,28 +30,44 @@ class TwoStageState(NamedTuple):
     time: jnp.ndarray
 
 
+# layout "shared": the channel of the shared 6 that each game's own channels go to, by role (player, own
+# projectile, motion cue, targets, then SpaceInvaders' alien direction right and enemy bullets)
+SHARED_CHANNELS = (
+    (0, 1, 2, 3),         # Breakout: paddle, ball, trail, bricks
+    (0, 3, 2, 4, 1, 5),   # SpaceInvaders: cannon, aliens, aliens moving left, aliens moving right, own / enemy bullets
+)
+
+
 class TwoStageMinAtar:
     """Breakout until the agent has scored `switch_at` in the episode, then SpaceInvaders in the same episode.
 
-    Observation (10, 10, 10): Breakout's 4 channels then SpaceInvaders' 6; the inactive game's are zero.
+    Observation, `layout` "separate": (10, 10, 10), Breakout's 4 channels then SpaceInvaders' 6, the inactive
+    game's zero (every channel belongs to one game, so the active game can be read off which channels are lit);
+    "shared": (10, 10, 6), both games write into the same channels by role (SHARED_CHANNELS: the paddle and the
+    cannon share channel 0, ball and own bullets 1, trail and left-moving aliens 2, bricks and aliens 3).
     Actions: noop, left, right, fire (fire does nothing in Breakout). The episode ends when the active game
     ends or after `max_steps` steps.
     """
     actions = 4
-    obs_shape = (10, 10, 10)
 
-    def __init__(self, switch_at: int, max_steps: int):
+    def __init__(self, switch_at: int, max_steps: int, layout: str = "separate"):
         from gymnax.environments.minatar.breakout import MinBreakout
         from gymnax.environments.minatar.space_invaders import MinSpaceInvaders
         self.games = (MinBreakout(use_minimal_action_set=False), MinSpaceInvaders(use_minimal_action_set=False))
         self.params = tuple(g.default_params for g in self.games)
         self.action_codes = jnp.array([0, 1, 3, 5])
-        self.switch_at, self.max_steps = float(switch_at), int(max_steps)
+        self.switch_at, self.max_steps, self.layout = float(switch_at), int(max_steps), layout
+        self.obs_shape = (10, 10, 10 if layout == "separate" else 6)
 
     def _obs(self, first, second, stage):
         o1 = self.games[0].get_obs(first) * (stage == 0)
         o2 = self.games[1].get_obs(second) * (stage == 1)
-        return jnp.concatenate([o1, o2], axis=-1)
+        if self.layout == "separate":
+            return jnp.concatenate([o1, o2], axis=-1)
+        shared = jnp.zeros(self.obs_shape)
+        for o, channels in zip((o1, o2), SHARED_CHANNELS):
+            shared = shared.at[..., jnp.array(channels)].add(o)
+        return shared
 
     def reset(self, key):
         k1, k2 = jax.random.split(key)
@@ -106,7 +123,7 @@ class Craftax:
 def make(env_cfg):
     """The single environment named by `env.name`."""
     if env_cfg.name == "two_stage_minatar":
-        return TwoStageMinAtar(env_cfg.switch_at, env_cfg.max_steps)
+        return TwoStageMinAtar(env_cfg.switch_at, env_cfg.max_steps, env_cfg.layout)
     if env_cfg.name.startswith("Craftax"):
         try:
             return Craftax(env_cfg.name)
@@ -120,6 +137,7 @@ def make(env_cfg):
 class EpisodeLog(NamedTuple):
     env: Any
     ret: jnp.ndarray
+    ret_later: jnp.ndarray  # the part of `ret` earned in stage >= 1
     length: jnp.ndarray
     max_stage: jnp.ndarray
 
@@ -136,16 +154,23 @@ class VecEnv:
     def reset(self, key):
         obs, state = jax.vmap(self.env.reset)(jax.random.split(key, self.num_envs))
         zeros = jnp.zeros(self.num_envs)
-        return obs, EpisodeLog(state, zeros, zeros.astype(jnp.int32), jax.vmap(self.env.stage)(state))
+        return obs, EpisodeLog(state, zeros, zeros, zeros.astype(jnp.int32), jax.vmap(self.env.stage)(state))
 
     def step(self, key, log: EpisodeLog, action):
+        """One step of every environment. `info` holds, per environment, the episode's running statistics
+        (read where `returned`): return, its stage-0 and stage >= 1 parts (a reward belongs to the stage the
+        step started in), length, highest stage reached and whether it reached stage 1."""
         k_step, k_reset, k_pick = jax.random.split(key, 3)
+        earned_later = jax.vmap(self.env.stage)(log.env) >= 1
         obs, state, reward, done, info = jax.vmap(self.env.step)(
             jax.random.split(k_step, self.num_envs), log.env, action)
         ret, length = log.ret + reward, log.length + 1
+        ret_later = log.ret_later + jnp.where(earned_later, reward, 0.0)
         stage = jax.vmap(self.env.stage)(state)
         max_stage = jnp.maximum(log.max_stage, stage)
-        info = {**info, "returned": done, "return": ret, "length": length, "max_stage": max_stage, "stage": stage}
+        info = {**info, "returned": done, "return": ret, "return_stage0": ret - ret_later,
+                "return_stage1": ret_later, "length": length, "max_stage": max_stage,
+                "reached_stage1": (max_stage >= 1).astype(jnp.float32), "stage": stage}
 
         obs_re, state_re = jax.vmap(self.env.reset)(jax.random.split(k_reset, self.num_resets))
         # which finished episode gets which fresh world: every one its own when fewer finished than worlds
@@ -163,6 +188,6 @@ class VecEnv:
         state = jax.vmap(pick)(done, state_re, state)
         obs = jax.vmap(pick)(done, obs_re, obs)
         keep = 1 - done
-        new_log = EpisodeLog(state, ret * keep, (length * keep).astype(jnp.int32),
+        new_log = EpisodeLog(state, ret * keep, ret_later * keep, (length * keep).astype(jnp.int32),
                              jnp.where(done, jax.vmap(self.env.stage)(state), max_stage))
         return obs, new_log, reward, done, info

@@ -1,8 +1,9 @@
-"""Figures and table of the RL study (matplotlib only; no JAX needed).
+"""Figures of the RL study (matplotlib only; no JAX needed), and reading its run directories.
 
-`plot_run(dir)`: learning curve (return and stage reached vs environment steps, growth marked) and, from
-trace.json, Fig. 4 (router weight of each expert of the first critic MoE block over one greedy episode, the
-stage drawn under it). `compare(dirs, out)`: Fig. 3 (mean +- std over seeds per variant) and table.md.
+`plot_run(dir)`: learning curve (return, its stage-0 and stage-1 parts, and the fraction of episodes reaching
+stage 1 vs environment steps, growth marked) and, from trace.json, Fig. 4 (router weight of each expert of the
+first critic MoE block over one greedy episode, the stage drawn under it). For `mtil rl --compare`
+(`mtil.rl.compare`): `plot_curves` (Fig. 3 with intervals) and `plot_specialisation` (Fig. 4 as a statistic).
 """
 from __future__ import annotations
 
@@ -12,13 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MtilError
-from ..metrics import fmt_mean_std, mean_std
-from ..rundir.files import write_text
 
 FORMATS = ("png", "svg")
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except OSError as e:
@@ -41,7 +40,7 @@ def is_rl_run(path: Path) -> bool:
 
 
 def load(path: Path) -> dict:
-    results = _read_json(Path(path) / "results.json")
+    results = read_json(Path(path) / "results.json")
     if results.get("kind") != "rl" or not isinstance(results.get("curve"), list):
         raise MtilError(f"{path} is not a `mtil rl` run directory (results.json lacks kind: rl and a curve)")
     return results
@@ -61,7 +60,7 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return files
 
 
-def _series(curve: list[dict], key: str):
+def series(curve: list[dict], key: str):
     pts = [(r["steps"], r[key]) for r in curve if r.get(key) is not None]
     return (np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float)) if pts else (None, None)
 
@@ -75,19 +74,24 @@ def plot_run(run_dir, out=None) -> list[Path]:
     out = Path(out) if out else run_dir / "figures"
     files = []
     fig, axes = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
-    for ax, key, name in ((axes[0], "return", "episode return"), (axes[1], "max_stage", "stage reached")):
-        x, y = _series(results["curve"], key)
+    panels = ((axes[0], "return", "episode return"), (axes[0], "return_stage0", "earned in stage 0"),
+              (axes[0], "return_stage1", "earned in stage 1"), (axes[1], "reached_stage1", "reaching stage 1"))
+    for c, (ax, key, name) in enumerate(panels):
+        x, y = series(results["curve"], key)
         if x is not None:
-            ax.plot(x, y, color="C0")
+            ax.plot(x, y, color=f"C{c}", label=name, lw=1.5 if key == "return" else 1.0)
+    for ax in axes:
         for g in results.get("grow_at", []):
             ax.axvline(g * results["steps_per_iteration"], color="k", ls="--", lw=0.8)
-        ax.set_ylabel(name)
+    axes[0].set_ylabel("return per episode")
+    axes[0].legend(fontsize=8)
+    axes[1].set_ylabel("episodes reaching stage 1")
     axes[0].set_title(f"{results['label']} (seed {results['seed']}, {results['env']})")
     axes[1].set_xlabel("environment steps")
     files += _save(fig, out, "learning_curve")
     trace_file = run_dir / "trace.json"
     if trace_file.exists():
-        files += plot_trace(_read_json(trace_file), results, out)
+        files += plot_trace(read_json(trace_file), results, out)
     return files
 
 
@@ -120,7 +124,8 @@ def plot_trace(trace: dict, results: dict, out: Path) -> list[Path]:
     return _save(fig, out, "router_trace")
 
 
-def _runs(paths) -> list[tuple[Path, dict]]:
+def find_runs(paths) -> list[tuple[Path, dict]]:
+    """(run directory, results) of every `mtil rl` run given or under the given folders."""
     found = []
     for p in map(Path, paths):
         if not p.exists():
@@ -132,71 +137,66 @@ def _runs(paths) -> list[tuple[Path, dict]]:
     return found
 
 
-def _shift_cell(shifts) -> str:
-    shifts = [s for s in shifts if s is not None]
-    if not shifts:
-        return "n/a"
-    a, b = np.array(shifts).T
-    return f"{a.mean():.2f} -> {b.mean():.2f} ({len(shifts)})"
+CURVES = (("return", "episode return"), ("return_stage0", "return earned in stage 0"),
+          ("return_stage1", "return earned in stage 1"), ("reached_stage1", "episodes reaching stage 1"))
 
 
-def _final(results: dict, key: str):
-    """Mean of `key` over the run's last `final_window` curve points."""
-    vals = [r[key] for r in results["curve"] if r.get(key) is not None][-int(results.get("final_window", 10)):]
-    return float(np.mean(vals)) if vals else None
-
-
-def router_shift(run_dir: Path):
-    """(mean weight of the newest expert in stage 0, in stage 1) over the traced greedy episode, or None when
-    the trace has no MoE router, fewer than 2 experts or only one stage."""
-    f = Path(run_dir) / "trace.json"
-    if not f.exists():
-        return None
-    trace = _read_json(f)
-    router, stage = np.array(trace.get("router") or []), np.array(trace.get("stage") or [])
-    if router.ndim != 2 or router.shape[1] < 2 or len(set(stage.tolist())) < 2:
-        return None
-    return float(router[stage == 0, -1].mean()), float(router[stage >= 1, -1].mean())
-
-
-def compare(paths, out) -> tuple[str, list[Path]]:
-    """Fig. 3 (mean +- std over seeds of each variant) and a markdown table, written into `out`."""
+def plot_curves(bands: dict[str, dict], grow_steps: list[int], out: Path, title: str) -> list[Path]:
+    """Fig. 3 with per-stage returns: {label: {key: (steps, mean, lo, hi), "n": seeds}} drawn as mean lines with
+    interval bands, one panel per CURVES key; dashed lines at the growth steps."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    out = Path(out)
-    groups: dict[str, list[tuple[Path, dict]]] = {}
-    for d, r in _runs(paths):
-        groups.setdefault(r["label"], []).append((d, r))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    lines = ["| variant | seeds | final return (mean ± std) | episodes reaching stage 1 (final) | achievements (final) "
-             "| newest expert's router weight, stage 0 -> 1 (greedy episode; seeds) |", "|---|---|---|---|---|---|"]
-    for c, (name, runs) in enumerate(groups.items()):
-        for ax, key in zip(axes, ("return", "max_stage")):
-            series = [_series(r["curve"], key) for _, r in runs]
-            series = [s for s in series if s[0] is not None]
-            if not series:
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    for ax, (key, name) in zip(axes.flat, CURVES):
+        for c, (label, series) in enumerate(bands.items()):
+            if series.get(key) is None:
                 continue
-            grid = series[0][0]
-            ys = np.array([np.interp(grid, x, y) for x, y in series])
-            mean, std = mean_std(ys)
-            ax.plot(grid, mean, color=f"C{c}", label=f"{name} (n={len(series)})")
-            ax.fill_between(grid, mean - std, mean + std, color=f"C{c}", alpha=0.2)
-        finals, stages, ach = (np.array([v for v in (_final(r, k) for _, r in runs) if v is not None], float)
-                               for k in ("return", "max_stage", "achievements"))
-        incomplete = sum(not r.get("complete") for _, r in runs)
-        lines.append(f"| {name} | {len(runs)}{f' ({incomplete} incomplete)' if incomplete else ''} | "
-                     + " | ".join(fmt_mean_std(v, digits=2) for v in (finals, stages, ach)) + " | "
-                     + _shift_cell([router_shift(d) for d, _ in runs]) + " |")
-    grow = sorted({g * r["steps_per_iteration"] for rs in groups.values() for _, r in rs for g in r["grow_at"]})
-    for ax, name in zip(axes, ("episode return", "stage reached (fraction of episodes in stage 1)")):
-        for g in grow:
+            x, mean, lo, hi = series[key]
+            ax.plot(x, mean, color=f"C{c}", label=f"{label} (n={series['n']})")
+            if lo is not None:
+                ax.fill_between(x, lo, hi, color=f"C{c}", alpha=0.2, lw=0)
+        for g in grow_steps:
             ax.axvline(g, color="k", ls="--", lw=0.8)
-        ax.set_xlabel("environment steps")
         ax.set_ylabel(name)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("PPO with MoE-SimBa blocks: mean ± std over seeds (dashed: growth)")
-    files = _save(fig, out, "learning_curves")
-    table = "\n".join(lines)
-    files.append(write_text(out / "table.md", table + "\n"))
-    return table, files
+    for ax in axes[1]:
+        ax.set_xlabel("environment steps")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, out, "learning_curves")
+
+
+def plot_specialisation(groups: list[dict], out: Path, title: str) -> list[Path]:
+    """Fig. 4 as a statistic: per MoE block, the stage specialisation (JS, bits) of each variant's trained
+    routers and of re-drawn random routers, bars at the mean with interval whiskers. Nothing without a
+    variant of >= 2 experts."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    bars = [(g["label"], kind, g["specialisation"][b][kind], b) for g in groups for b in g["specialisation"]
+            for kind in ("js", "random_js") if g["specialisation"][b][kind]]
+    if not bars:
+        return []
+    blocks = sorted({b for *_, b in bars})
+    order = [g["label"] for g in groups]
+    series = sorted({(label, kind) for label, kind, _, _ in bars},
+                    key=lambda s: (order.index(s[0]), s[1] == "random_js"))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(blocks)), 4))
+    for i, (label, kind) in enumerate(series):
+        cells = [(j, cell) for j, b in enumerate(blocks) for lab, k, cell, b2 in bars
+                 if (lab, k, b2) == (label, kind, b)]
+        xs = [j + (i - (len(series) - 1) / 2) * width for j, _ in cells]
+        means = np.array([c["mean"] for _, c in cells])
+        lo = np.array([c["mean"] if c["lo"] is None else c["lo"] for _, c in cells])
+        hi = np.array([c["mean"] if c["hi"] is None else c["hi"] for _, c in cells])
+        colour = f"C{order.index(label)}"
+        name = f"{label}, " + ("trained router" if kind == "js" else "random router (control)")
+        ax.bar(xs, means, width, yerr=[means - lo, hi - means], capsize=3, edgecolor=colour, label=name,
+               color=colour if kind == "js" else "white", hatch=None if kind == "js" else "//")
+    ax.set_xticks(range(len(blocks)), blocks)
+    ax.set_ylabel("JS divergence, stage 0 vs stage 1\nmean router distributions (bits)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _save(fig, out, "specialisation")

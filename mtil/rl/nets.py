@@ -151,5 +151,8 @@ def obs_norm_update(norm: ObsNorm, batch) -> ObsNorm:
     return ObsNorm(norm.mean + delta * n / total, m2 / total, total)
 
 
-def obs_norm_apply(norm: ObsNorm, x, eps: float = 1e-8):
-    return (x - norm.mean) / jnp.sqrt(norm.var + eps)
+def obs_norm_apply(norm: ObsNorm, x, clip: float | None = None, eps: float = 1e-8):
+    """(x - mean) / sqrt(var + eps) (SimBa's ObservationNormalizer), clipped to [-clip, clip] unless clip is None
+    (SimBa does not clip; `net.obs_clip`)."""
+    z = (x - norm.mean) / jnp.sqrt(norm.var + eps)
+    return z if clip is None else jnp.clip(z, -clip, clip)

@@ -69,8 +69,9 @@ def loss(logits, values, batch: Transition, adv, targets, *, clip: float, vf_coe
     return actor_loss + vf_coef * value_loss - ent_coef * ent, (value_loss, actor_loss, ent)
 
 
-def make_iteration(net, venv, ppo_cfg, iterations: int):
-    """jit-able `iteration(state) -> (state, metrics)` for network `net` on vectorised env `venv`."""
+def make_iteration(net, venv, ppo_cfg, iterations: int, obs_clip: float | None = None):
+    """jit-able `iteration(state) -> (state, metrics)` for network `net` on vectorised env `venv`; the network
+    sees observations normalised with running statistics and clipped to +-obs_clip (None: not clipped)."""
     c = ppo_cfg
     batch_size = c.num_envs * c.num_steps
     adam = dict(b1=0.9, b2=0.999, eps=c.adam_eps, max_norm=c.max_grad_norm)
@@ -83,7 +84,7 @@ def make_iteration(net, venv, ppo_cfg, iterations: int):
         params, norm, env_state, obs, key = carry
         key, k_act, k_env = jax.random.split(key, 3)
         norm = nets.obs_norm_update(norm, obs)
-        x = nets.obs_norm_apply(norm, obs)
+        x = nets.obs_norm_apply(norm, obs, obs_clip)
         logits, value, routers = policy(params, x)
         action = jax.random.categorical(k_act, logits)
         logp, _ = log_prob_entropy(logits, action)
@@ -96,7 +97,7 @@ def make_iteration(net, venv, ppo_cfg, iterations: int):
     def iteration(state: TrainState):
         carry = (state.params, state.norm, state.env, state.obs, state.key)
         (params, norm, env_state, obs, key), (traj, stats) = jax.lax.scan(env_step, carry, None, c.num_steps)
-        _, last_value, _ = policy(params, nets.obs_norm_apply(norm, obs))
+        _, last_value, _ = policy(params, nets.obs_norm_apply(norm, obs, obs_clip))
         adv, targets = gae(traj.reward, traj.value, traj.done, last_value, c.gamma, c.gae_lambda)
         frac = 1.0 - state.iteration / iterations if c.anneal_lr else 1.0
         lr = c.lr * frac

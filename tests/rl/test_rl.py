@@ -269,3 +269,146 @@ def test_vec_env_resets_finished_episodes_and_logs_returns():
     np.testing.assert_array_equal(log.env.time, 0)          # fresh worlds after the done
     # 2 fresh worlds (8 envs / ratio 4) were shared by the 8 finished episodes
     assert len({np.asarray(x).tobytes() for x in obs}) <= 2
+
+
+def test_shared_layout_writes_both_games_into_the_same_channels_by_role():
+    separate = envs.TwoStageMinAtar(switch_at=1, max_steps=50)
+    shared = envs.TwoStageMinAtar(switch_at=1, max_steps=50, layout="shared")
+    _, state = separate.reset(jax.random.PRNGKey(3))
+    assert shared.obs_shape == (10, 10, 6)
+    for stage in (0, 1):
+        st = state._replace(stage=jnp.int32(stage))
+        sep, sh = np.asarray(separate._obs(st.first, st.second, st.stage)), np.asarray(
+            shared._obs(st.first, st.second, st.stage))
+        own = sep[..., :4] if stage == 0 else sep[..., 4:]
+        ref = np.zeros((10, 10, 6))
+        for c, target in enumerate(envs.SHARED_CHANNELS[stage]):   # hand mapping: game channel c -> target
+            ref[..., target] = own[..., c]
+        np.testing.assert_array_equal(sh, ref)
+        assert own.any()
+    # the player is channel 0 in both games, the targets (bricks / aliens) channel 3
+    assert envs.SHARED_CHANNELS[0][0] == envs.SHARED_CHANNELS[1][0] == 0
+    assert envs.SHARED_CHANNELS[0][3] == envs.SHARED_CHANNELS[1][1] == 3
+
+
+def test_vec_env_splits_the_return_by_stage():
+    """Per finished episode: stage-0 part + stage-1 part = return; rewards after the switch go to stage 1."""
+    env = envs.TwoStageMinAtar(switch_at=1, max_steps=300)
+    venv = envs.VecEnv(env, 16, reset_ratio=1)
+
+    def run(key):
+        obs, log = venv.reset(key)
+
+        def step(carry, k):
+            log = carry
+            k_a, k_s = jax.random.split(k)
+            _, log, reward, done, info = venv.step(k_s, log, jax.random.randint(k_a, (16,), 0, 4))
+            return log, (info, done)
+        _, (info, done) = jax.lax.scan(step, log, jax.random.split(key, 600))
+        return info, done
+
+    info, done = jax.device_get(jax.jit(run)(jax.random.PRNGKey(0)))
+    d = done.astype(bool)
+    assert d.sum() > 10
+    np.testing.assert_allclose(info["return_stage0"][d] + info["return_stage1"][d], info["return"][d], atol=1e-5)
+    reached = info["reached_stage1"][d] > 0
+    assert reached.any() and (~reached).any()
+    assert np.all(info["return_stage1"][d][~reached] == 0)       # never in stage 1: nothing earned there
+    assert np.all(info["return_stage0"][d][reached] >= 1)        # switch_at 1: the switching point is stage 0's
+
+
+def test_observation_clip():
+    norm = nets.ObsNorm(jnp.zeros(3), jnp.array([1.0, 1e-4, 4.0]), jnp.asarray(10.0))
+    x = jnp.array([[2.0, 1.0, -40.0]])
+    np.testing.assert_allclose(nets.obs_norm_apply(norm, x), [[2.0, 100.0, -20.0]], rtol=1e-4)
+    np.testing.assert_allclose(nets.obs_norm_apply(norm, x, 5.0), [[2.0, 5.0, -5.0]], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------- specialisation
+def test_js_bits_matches_hand_formula():
+    from mtil.rl.specialisation import js_bits
+    p, q = np.array([0.9, 0.1]), np.array([0.2, 0.8])
+    m = (p + q) / 2
+    ref = 0.5 * np.sum(p * np.log2(p / m)) + 0.5 * np.sum(q * np.log2(q / m))
+    assert js_bits(p, q) == pytest.approx(ref, rel=1e-9)
+    assert js_bits([1, 0], [0, 1]) == pytest.approx(1.0) and js_bits(p, p) == pytest.approx(0.0, abs=1e-12)
+    assert js_bits(p, q) == pytest.approx(js_bits(p[::-1], q[::-1]))   # relabelling the experts
+
+
+class _TwoPhase:
+    """A toy environment for the statistic: 8 steps per episode, stage 1 from step 4, observations that
+    differ between the stages (plus noise from the reset key)."""
+    actions, obs_shape = 3, (5,)
+
+    def reset(self, key):
+        return self._obs(jnp.int32(0), key), (jnp.int32(0), key)
+
+    def _obs(self, t, key):
+        base = jnp.where(t >= 4, jnp.array([1.0, -1, 0, 2, 0]), jnp.array([0.0, 1, 1, -1, 0]))
+        return base + 0.3 * jax.random.normal(jax.random.fold_in(key, t), (5,))
+
+    def step(self, key, state, action):
+        t, k = state
+        return self._obs(t + 1, k), (t + 1, k), 0.0, t + 1 >= 8, {}
+
+    @staticmethod
+    def stage(state):
+        return (state[0] >= 4).astype(jnp.int32)
+
+
+def test_specialisation_matches_a_loop_over_episodes_and_its_control_keeps_the_scale():
+    from mtil.rl import specialisation as spec
+    env, net = _TwoPhase(), nets.ActorCritic(3, "flat", H, 4, 1, 2, 2, HB)
+    params = _perturbed(jax.jit(net.init)(jax.random.PRNGKey(0), jnp.zeros((1, 5))), 4)
+    norm = nets.ObsNorm(jnp.full(5, 0.1), jnp.full(5, 0.5), jnp.asarray(100.0))
+    key = jax.random.PRNGKey(9)
+    got = spec.measure(env, net, params, norm, 1.5, key, episodes=3, max_steps=12, random_routers=2)
+
+    # reference: the same episodes step by step in Python, router probabilities pooled per stage
+    k_draw, k_eps = jax.random.split(key)
+    drawn = spec.redraw_routers(params, k_draw, 2)
+    one = [jax.tree.map(lambda x: x[i], drawn) for i in range(2)]
+    sums = {}
+    for k in jax.random.split(k_eps, 3):
+        k_reset, _ = jax.random.split(k)
+        obs, state = env.reset(k_reset)
+        for _ in range(8):
+            x = jnp.clip((obs[None] - norm.mean) / jnp.sqrt(norm.var + 1e-8), -1.5, 1.5)
+            s = int(env.stage(state))
+            for name, prm in [("trained", params), ("r0", one[0]), ("r1", one[1])]:
+                _, inter = net.apply(prm, x, mutable=["intermediates"])
+                for block, p in nets.router_probs(inter["intermediates"]).items():
+                    sums.setdefault((name, block), np.zeros((2, 2)))[s] += np.asarray(p[0])
+            obs, state, *_ = env.step(None, state, 0)
+    assert got["steps"] == [12.0, 12.0] and got["reaching_stage1"] == 3
+    for block, row in got["blocks"].items():
+        ref = sums[("trained", block)] / 12
+        np.testing.assert_allclose([row["p0"], row["p1"]], ref, rtol=1e-5)
+        assert row["js"] == pytest.approx(spec.js_bits(*ref), rel=1e-4)
+        assert row["newest"] == pytest.approx(ref[:, -1].tolist(), rel=1e-5)
+        for r in range(2):
+            assert row["random_js"][r] == pytest.approx(spec.js_bits(*(sums[(f"r{r}", block)] / 12)), rel=1e-4)
+    # the control re-draws only router kernels, at the trained kernel's norm
+    for tower, block in (("actor", "block0"), ("critic", "block1")):
+        trained = params["params"][tower][block]["moe"]
+        for r in range(2):
+            redrawn = one[r]["params"][tower][block]["moe"]
+            assert float(jnp.linalg.norm(redrawn["router"]["kernel"])) == pytest.approx(
+                float(jnp.linalg.norm(trained["router"]["kernel"])), rel=1e-5)
+            assert not np.allclose(redrawn["router"]["kernel"], trained["router"]["kernel"])
+            np.testing.assert_array_equal(redrawn["router"]["bias"], trained["router"]["bias"])
+            np.testing.assert_array_equal(redrawn["w1"], trained["w1"])
+    # relabelling the experts (swap them everywhere) leaves the statistic unchanged
+    def swap(tree):
+        moe = dict(tree)
+        moe["router"] = {"kernel": tree["router"]["kernel"][:, ::-1], "bias": tree["router"]["bias"][::-1]}
+        for k in ("w1", "b1", "w2", "b2"):
+            moe[k] = tree[k][::-1]
+        return moe
+    swapped = jax.tree.map(lambda x: x, params)
+    for tower, block in (("actor", "block0"), ("critic", "block0"), ("critic", "block1")):
+        swapped["params"][tower][block]["moe"] = swap(params["params"][tower][block]["moe"])
+    again = spec.measure(env, net, swapped, norm, 1.5, key, episodes=3, max_steps=12, random_routers=0)
+    for block, row in again["blocks"].items():
+        assert row["js"] == pytest.approx(got["blocks"][block]["js"], rel=1e-4)
+        np.testing.assert_allclose(row["p0"], got["blocks"][block]["p0"][::-1], rtol=1e-5)

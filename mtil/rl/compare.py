@@ -1,0 +1,238 @@
+"""`mtil rl --compare`: the study's tables, intervals and figures from run directories (no JAX needed).
+
+Runs are grouped by variant (label) within one environment; a group counts its distinct seeds. Refused with
+one line: runs of more than one environment, a seed that appears twice in a group, and runs whose settings
+differ other than by seed and variant (budget, environment, network width, ...). Intervals are percentile
+bootstrap 95% intervals (scipy.stats.bootstrap, `RESAMPLES` resamples, seeded) of the mean over seeds; the
+difference of two variants resamples each variant's seeds independently. Writes table.md, compare.json,
+learning_curves.{png,svg} (Fig. 3 with per-stage returns) and specialisation.{png,svg} (Fig. 4 as a statistic).
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..config import flatten
+from ..errors import MtilError
+from ..rundir.files import write_json, write_text
+from . import figures
+
+RESAMPLES = 10_000
+CONFIDENCE = 0.95
+# (results.json key, column name): the final values over each run's last `final_window` curve points
+FINALS = (("final_return", "final return"), ("final_return_stage0", "stage-0 return"),
+          ("final_return_stage1", "stage-1 return"), ("final_reached_stage1", "episodes reaching stage 1"))
+# config keys a comparison may vary besides the seed: the variant, and bookkeeping that does not act on training
+VARIANT_KEYS = ("label", "net.block", "moe.")
+BOOKKEEPING = ("seed", "train.checkpoint_every", "train.keep_snapshots", "trace.", "specialisation.")
+ORDER = ("no_moe", "1_expert", "k_experts", "grow")  # row and colour order of the variants
+# differences reported (variant minus variant), when both groups are present
+DIFFERENCES = (("grow", "1_expert"), ("grow", "no_moe"), ("grow", "k_experts"))
+
+
+def interval(a, b=None) -> dict:
+    """Mean of `a` (or mean(a) - mean(b)) with its bootstrap interval; lo/hi are None under 2 seeds a side."""
+    samples = [np.asarray(a, float)] + ([] if b is None else [np.asarray(b, float)])
+    mean = float(samples[0].mean() - (samples[1].mean() if b is not None else 0.0))
+    if min(len(s) for s in samples) < 2:
+        return {"mean": mean, "lo": None, "hi": None, "n": [len(s) for s in samples]}
+    lo, hi = _bootstrap(samples)
+    return {"mean": mean, "lo": float(lo), "hi": float(hi), "n": [len(s) for s in samples]}
+
+
+def _bootstrap(samples, axis: int = 0):
+    from scipy.stats import bootstrap
+
+    def stat(*xs, axis):
+        return xs[0].mean(axis) - (xs[1].mean(axis) if len(xs) > 1 else 0.0)
+
+    if all(np.all(s == s.flat[0]) for s in samples):  # no spread: scipy warns and the interval is the point
+        point = stat(*samples, axis=axis)
+        return point, point
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = bootstrap(tuple(samples), stat, n_resamples=RESAMPLES, confidence_level=CONFIDENCE,
+                        method="percentile", axis=axis, rng=np.random.default_rng(0), vectorized=True)
+    return res.confidence_interval.low, res.confidence_interval.high
+
+
+def fmt(cell: dict | None, digits: int = 2) -> str:
+    if cell is None or cell["mean"] is None or (isinstance(cell["mean"], float) and math.isnan(cell["mean"])):
+        return "n/a"
+    text = f"{cell['mean']:.{digits}f}"
+    return text if cell["lo"] is None else f"{text} [{cell['lo']:.{digits}f}, {cell['hi']:.{digits}f}]"
+
+
+# ------------------------------------------------------------------------------------------ runs and checks
+def _config(run: Path) -> dict:
+    f = run / "config.yaml"
+    try:
+        return flatten(yaml.safe_load(f.read_text()) or {}) if f.exists() else {}
+    except (OSError, yaml.YAMLError):
+        raise MtilError(f"{f} is malformed (not YAML); re-run into a new --out") from None
+
+
+def _differing(configs: dict[Path, dict], ignore) -> list[str]:
+    def keep(k):
+        return not any(k == i or (i.endswith(".") and k.startswith(i)) for i in ignore)
+    keys = {k for c in configs.values() for k in c if keep(k)}
+    return sorted(k for k in keys if len({json.dumps(c.get(k)) for c in configs.values() if c}) > 1)
+
+
+def group_runs(paths) -> tuple[str, dict[str, list[tuple[Path, dict]]]]:
+    """(environment, {label: [(run dir, results)] sorted by seed}), after the checks of the module docstring."""
+    runs = figures.find_runs(paths)
+    envs = sorted({r["env"] for _, r in runs})
+    if len(envs) > 1:
+        counts = ", ".join(f"{e} x{sum(r['env'] == e for _, r in runs)}" for e in envs)
+        raise MtilError(f"--compare: the runs are of {len(envs)} environments ({counts}); compare one "
+                        f"environment at a time")
+    groups: dict[str, list[tuple[Path, dict]]] = {}
+    for d, r in sorted(runs, key=lambda run: (ORDER.index(run[1].get("variant")) if run[1].get("variant") in ORDER
+                                              else len(ORDER), run[1]["label"])):
+        groups.setdefault(r["label"], []).append((d, r))
+    configs = {d: _config(d) for d, _ in runs}
+    for name, members in groups.items():
+        seen: dict[int, Path] = {}
+        for d, r in members:
+            if r["seed"] in seen:
+                raise MtilError(f"--compare: seed {r['seed']} of '{name}' appears twice ({seen[r['seed']]}, {d}); "
+                                f"give each seed once")
+            seen[r["seed"]] = d
+        members.sort(key=lambda m: m[1]["seed"])
+        differ = _differing({d: configs[d] for d, _ in members}, BOOKKEEPING)
+        if differ:
+            raise MtilError(f"--compare: the '{name}' runs differ in {', '.join(differ[:4])}; compare runs of "
+                            f"one setting")
+    differ = _differing(configs, BOOKKEEPING + VARIANT_KEYS)
+    if differ:
+        raise MtilError(f"--compare: the variants were run with different settings ({', '.join(differ[:4])} "
+                        f"differ); compare runs of one setting")
+    return envs[0], groups
+
+
+def _specialisation(run: Path) -> dict | None:
+    f = run / "specialisation.json"
+    return figures.read_json(f) if f.exists() else None
+
+
+# ------------------------------------------------------------------------------------------ the comparison
+def summarise(groups: dict[str, list[tuple[Path, dict]]]) -> dict:
+    """Every number of the comparison: per group the final values and the specialisation statistic with
+    intervals over seeds, and the differences between variants."""
+    out = {"groups": [], "differences": [],
+           "bootstrap": {"method": "percentile", "resamples": RESAMPLES, "confidence": CONFIDENCE}}
+    finals_of = {}
+    for name, members in groups.items():
+        g = {"label": name, "variant": members[0][1].get("variant"), "seeds": [r["seed"] for _, r in members],
+             "incomplete": sum(not r.get("complete") for _, r in members), "final": {}, "specialisation": {},
+             "inputs": {}}
+        for key, _ in FINALS:
+            vals = [r.get(key) for _, r in members]
+            vals = [v for v in vals if v is not None]
+            g["final"][key] = {**interval(vals), "values": vals} if vals else None
+        finals_of[name] = {key: (g["final"][key] or {}).get("values", []) for key, _ in FINALS}
+        specs = [s for s in (_specialisation(d) for d, _ in members) if s]
+        for block in sorted({b for s in specs for b, row in s["blocks"].items() if row["experts"] >= 2}):
+            rows = [s["blocks"][block] for s in specs if block in s["blocks"]]
+            trained = [row["js"] for row in rows if row.get("js") is not None]
+            random = [float(np.mean(row["random_js"])) for row in rows if row.get("random_js")]
+            newest = [row["newest"] for row in rows if row.get("newest") is not None]
+            g["specialisation"][block] = {
+                "js": {**interval(trained), "values": trained} if trained else None,
+                "random_js": {**interval(random), "values": random} if random else None,
+                "newest": np.mean(newest, axis=0).tolist() if newest else None}
+        for key in ("obs_rms_unclipped", "obs_rms", "clipped_fraction"):
+            per_stage = np.array([[np.nan if v is None else v for v in s[key]] for s in specs if key in s])
+            g["inputs"][key] = (None if not len(per_stage) else
+                                [None if np.isnan(col).all() else float(np.nanmean(col)) for col in per_stage.T])
+        if specs:
+            g["inputs"]["greedy_reaching_stage1"] = float(np.mean([s["reaching_stage1"] / s["episodes"]
+                                                                   for s in specs if s["episodes"]]))
+        out["groups"].append(g)
+    by_variant = {g["variant"]: g["label"] for g in out["groups"] if g["variant"]}
+    for a, b in DIFFERENCES:
+        if a in by_variant and b in by_variant:
+            la, lb = by_variant[a], by_variant[b]
+            row = {"a": la, "b": lb}
+            for key, _ in FINALS:
+                va, vb = finals_of[la][key], finals_of[lb][key]
+                row[key] = interval(va, vb) if va and vb else None
+            out["differences"].append(row)
+    return out
+
+
+def table(env: str, summary: dict) -> str:
+    ci = f"mean [{round(CONFIDENCE * 100)}% bootstrap interval] over seeds"
+    lines = [f"Environment: {env}. Final values: mean over each run's last curve points; {ci}.", "",
+             "| variant | seeds | " + " | ".join(name for _, name in FINALS) + " |",
+             "|---|---|" + "---|" * len(FINALS)]
+    for g in summary["groups"]:
+        seeds = f"{len(g['seeds'])}" + (f" ({g['incomplete']} incomplete)" if g["incomplete"] else "")
+        lines.append(f"| {g['label']} | {seeds} | " + " | ".join(fmt(g["final"][k]) for k, _ in FINALS) + " |")
+    if summary["differences"]:
+        lines += ["", "| difference | " + " | ".join(name for _, name in FINALS) + " |",
+                  "|---|" + "---|" * len(FINALS)]
+        for d in summary["differences"]:
+            lines.append(f"| {d['a']} − {d['b']} | " + " | ".join(fmt(d[k]) for k, _ in FINALS) + " |")
+    spec = [(g, b, row) for g in summary["groups"] for b, row in g["specialisation"].items()]
+    if spec:
+        lines += ["", "Router specialisation: Jensen-Shannon divergence (bits) between the stage-0 and stage-1 mean "
+                  "router distributions over greedy episodes; random router: same weights, routers re-drawn.", "",
+                  "| variant | MoE block | JS, trained router | JS, random router | newest expert's weight, "
+                  "stage 0 -> 1 |", "|---|---|---|---|---|"]
+        for g, block, row in spec:
+            newest = "n/a" if row["newest"] is None else f"{row['newest'][0]:.2f} -> {row['newest'][1]:.2f}"
+            lines.append(f"| {g['label']} | {block} | {fmt(row['js'], 3)} | {fmt(row['random_js'], 3)} | {newest} |")
+    inputs = [g for g in summary["groups"] if g["inputs"].get("obs_rms")]
+    if inputs:
+        lines += ["", "Inputs over the greedy episodes (stage 0 / stage 1): rms of the normalised observation "
+                  "before and after the clip, fraction of entries clipped.", "",
+                  "| variant | rms unclipped | rms | clipped | greedy episodes reaching stage 1 |", "|---|---|---|---|---|"]
+
+        def pair(v, d=2):
+            return " / ".join("n/a" if x is None else f"{x:.{d}f}" for x in v)
+        for g in inputs:
+            i = g["inputs"]
+            lines.append(f"| {g['label']} | {pair(i['obs_rms_unclipped'])} | {pair(i['obs_rms'])} | "
+                         f"{pair(i['clipped_fraction'], 4)} | {i.get('greedy_reaching_stage1', float('nan')):.2f} |")
+    return "\n".join(lines)
+
+
+def compare(paths, out) -> tuple[str, list[Path]]:
+    """Group, check, summarise and draw the runs under `paths` into `out`; returns (table, files written)."""
+    env, groups = group_runs(paths)
+    summary = summarise(groups)
+    out = Path(out)
+    text = table(env, summary)
+    files = [write_text(out / "table.md", text + "\n"),
+             write_json(out / "compare.json", {"env": env, **summary,
+                                               "runs": {n: [str(d) for d, _ in m] for n, m in groups.items()}})]
+    grow = sorted({g * r["steps_per_iteration"] for m in groups.values() for _, r in m for g in r["grow_at"]})
+    ci = f"{round(CONFIDENCE * 100)}% bootstrap interval over seeds"
+    files += figures.plot_curves(curve_bands(groups), grow, out,
+                                 f"PPO with MoE-SimBa blocks on {env}: mean and {ci} (dashed: growth)")
+    files += figures.plot_specialisation(summary["groups"], out, f"Router specialisation by stage ({env}; {ci})")
+    return text, files
+
+
+def curve_bands(groups) -> dict[str, dict]:
+    """{label: {curve key: (steps, mean, lo, hi), "n": seeds}} on the first run's steps (runs interpolated)."""
+    bands = {}
+    for name, members in groups.items():
+        bands[name] = {"n": len(members)}
+        for key, _ in figures.CURVES:
+            series = [figures.series(r["curve"], key) for _, r in members]
+            series = [s for s in series if s[0] is not None]
+            if not series:
+                continue
+            grid = series[0][0]
+            ys = np.array([np.interp(grid, x, y) for x, y in series])
+            lo, hi = _bootstrap([ys]) if len(ys) > 1 else (None, None)
+            bands[name][key] = (grid, ys.mean(0), lo, hi)
+    return bands
