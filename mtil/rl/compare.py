@@ -31,8 +31,8 @@ FINALS = (("final_return", "final return"), ("final_return_stage0", "stage-0 ret
 VARIANT_KEYS = ("label", "net.block", "moe.")
 BOOKKEEPING = ("seed", "train.checkpoint_every", "train.keep_snapshots", "trace.", "specialisation.")
 ORDER = ("no_moe", "1_expert", "k_experts", "grow")  # row and colour order of the variants
-# differences reported (variant minus variant), when both groups are present
-DIFFERENCES = (("grow", "1_expert"), ("grow", "no_moe"), ("grow", "k_experts"))
+# differences reported (variant minus variant), when both groups are present; the last is the capacity gap
+DIFFERENCES = (("grow", "1_expert"), ("grow", "no_moe"), ("grow", "k_experts"), ("no_moe", "1_expert"))
 
 
 def interval(a, b=None) -> dict:

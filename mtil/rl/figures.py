@@ -84,7 +84,8 @@ def plot_run(run_dir, out=None) -> list[Path]:
         for g in results.get("grow_at", []):
             ax.axvline(g * results["steps_per_iteration"], color="k", ls="--", lw=0.8)
     axes[0].set_ylabel("return per episode")
-    axes[0].legend(fontsize=8)
+    if axes[0].lines:
+        axes[0].legend(fontsize=8)
     axes[1].set_ylabel("episodes reaching stage 1")
     axes[0].set_title(f"{results['label']} (seed {results['seed']}, {results['env']})")
     axes[1].set_xlabel("environment steps")

@@ -253,16 +253,15 @@ class Run:
     # ------------------------------------------------------------------------------------------ loop
     def execute(self, stop_after: int | None = None) -> dict:
         self._check_out()
-        self.out.mkdir(parents=True, exist_ok=True)
         if self.resume:
             state = self.load_checkpoint()
-        elif self.start_from is not None:
-            state = self.load_start()
-            write_text(self.out / "config.yaml", mtil_config.dump(self.cfg))
         else:
+            if self.start_from is not None:
+                state = self.load_start()
+            else:
+                self._compile()
+                state = self._template()
             write_text(self.out / "config.yaml", mtil_config.dump(self.cfg))
-            self._compile()
-            state = self._template()
         it = int(state.iteration)
         t0 = time.perf_counter()
         last_stop = self.iterations if stop_after is None else min(stop_after, self.iterations)

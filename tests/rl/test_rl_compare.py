@@ -67,6 +67,7 @@ def test_compare_groups_by_variant_counts_seeds_and_reports_differences(tmp_path
     table = (tmp_path / "cmp" / "table.md").read_text()
     assert "| 1-to-2 grow | 3 | 21.00 [" in table and "| No MoE | 3 | 16.00 [" in table
     assert "| 1-to-2 grow − 1 expert | 10.00 [" in table and "| 1-to-2 grow − No MoE | 5.00 [" in table
+    assert "| No MoE − 1 expert | 5.00 [" in table
     assert "| 1-to-2 grow | critic.block0 | 0.210 [" in table and "0.060 [0.060, 0.060]" in table
     summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     grow = next(g for g in summary["groups"] if g["variant"] == "grow")

@@ -1,5 +1,6 @@
 """`mtil rl` end to end on the two-stage MinAtar stream: a tiny run of each of the four variants, growth keeps the
-old experts and their Adam state, resume equality, the comparison command, Fig. 4 from `mtil plot`, errors.
+old experts and their Adam state, resume equality, --start-from equality, the comparison command, Fig. 4 from
+`mtil plot`, errors; and a tiny Craftax-Symbolic grow run (the paper's environment path).
 
 Sized for CI on 2 shared cores: 16 envs x 16 steps x 8 iterations, width 16; the XLA compilations (most of the
 time) are shared through a session-wide persistent compilation cache.
@@ -15,7 +16,8 @@ from mtil.cli import main  # noqa: E402
 
 TINY = ["ppo.total_steps=2048", "ppo.num_envs=16", "ppo.num_steps=16", "ppo.minibatches=2", "ppo.epochs=2",
         "net.hidden=16", "env.switch_at=2", "env.max_steps=200", "train.log_every=2", "train.checkpoint_every=3",
-        "trace.episodes=2", "trace.max_steps=200"]
+        "trace.episodes=2", "trace.max_steps=200", "specialisation.episodes=4", "specialisation.max_steps=200",
+        "specialisation.random_routers=2"]
 VARIANTS = {"no_moe": "No MoE", "1_expert": "1 expert", "2_experts": "2 experts", "grow": "1-to-2 grow"}
 
 
@@ -51,7 +53,13 @@ def test_each_variant_runs_and_writes_its_run_directory(rl_runs, name):
     assert r["kind"] == "rl" and r["complete"] and r["label"] == VARIANTS[name]
     assert r["iterations"] == 8 and [p["iteration"] for p in r["curve"]] == [2, 4, 6, 8]
     assert r["curve"][-1]["steps"] == 2048 and r["final_return"] is not None
+    assert r["final_return_stage0"] + r["final_return_stage1"] == pytest.approx(r["final_return"], abs=1e-6)
+    assert 0 <= r["final_reached_stage1"] <= 1
     assert (out / "config.yaml").exists() and (out / "checkpoint.npz").exists()
+    assert (out / "snapshot-4.npz").exists() == (name == "grow")
+    spec = json.loads((out / "specialisation.json").read_text())
+    assert spec["episodes"] == 4 and sum(spec["steps"]) > 0
+    assert sorted(spec["blocks"]) == ([] if name == "no_moe" else ["actor.block0", "critic.block0", "critic.block1"])
     assert {p.name for p in (out / "figures").iterdir()} == {
         "learning_curve.png", "learning_curve.svg", "router_trace.png", "router_trace.svg"}
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
@@ -119,12 +127,35 @@ def test_resume_equals_uninterrupted_run(rl_runs, tmp_path):
 
 
 @pytest.mark.slow
+def test_start_from_the_grow_snapshot_equals_the_one_expert_run(rl_runs, tmp_path, capsys):
+    """The 1-expert run started from the grow run's pre-growth snapshot is the 1-expert run, bit for bit."""
+    out = tmp_path / "one"
+    assert main(["rl", "rl/minatar_1_expert.yaml", "--out", str(out), "--start-from", str(rl_runs / "grow"),
+                 *_sets()]) == 0
+    assert _results(out)["curve"] == _results(rl_runs / "1_expert")["curve"]
+    for a, b in zip(_leaves(rl_runs / "1_expert"), _leaves(out)):
+        np.testing.assert_array_equal(a, b)
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert events == [{"event": "start_from", "run": str(rl_runs / "grow"), "iteration": 4}]
+    # refused, one line each: another computation, a source without a snapshot, its own directory
+    assert main(["rl", "rl/minatar_1_expert.yaml", "--out", str(tmp_path / "x"), "--start-from",
+                 str(rl_runs / "grow"), *_sets(["net.hidden=8"])]) == 2
+    assert "net.hidden differ" in capsys.readouterr().err
+    assert main(["rl", "rl/minatar_1_expert.yaml", "--out", str(tmp_path / "y"), "--start-from",
+                 str(rl_runs / "1_expert"), *_sets()]) == 2
+    assert "has no snapshot" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.slow
 def test_compare_writes_fig3_and_table(rl_runs, tmp_path, capsys):
     assert main(["rl", "--compare", str(rl_runs), "--out", str(tmp_path / "cmp")]) == 0
     table = (tmp_path / "cmp" / "table.md").read_text()
     for label in VARIANTS.values():
         assert f"| {label} | 1 |" in table
-    assert (tmp_path / "cmp" / "learning_curves.png").stat().st_size > 1000
+    assert "| 1-to-2 grow − 1 expert |" in table and "| 2 experts | critic.block0 |" in table
+    for name in ("learning_curves.png", "specialisation.png", "compare.json"):
+        assert (tmp_path / "cmp" / name).stat().st_size > 1000
 
 
 @pytest.mark.slow
@@ -143,3 +174,34 @@ def test_errors_are_one_line(rl_runs, tmp_path, capsys):
     assert main(["rl", "--compare", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("mtil: error:") == 4 and "Traceback" not in err
+
+
+# one iteration of 8 envs x 8 steps: the single growth falls before it (grow_at [0]), so only the grown network's
+# iteration is compiled; XLA compiling Craftax's step and world generation is nearly all of the ~4 CPU-minutes
+CRAFTAX = ["env.name=Craftax-Symbolic-v1", "net.torso=flat", "net.hidden=16", "ppo.num_envs=8", "ppo.num_steps=8",
+           "ppo.total_steps=64", "ppo.minibatches=2", "ppo.epochs=1", "env.reset_ratio=4", "train.log_every=1",
+           "trace.episodes=1", "trace.max_steps=40", "specialisation.episodes=2", "specialisation.max_steps=40",
+           "specialisation.random_routers=2"]
+
+
+@pytest.mark.slow
+def test_craftax_symbolic_grow_run_end_to_end(tmp_path, monkeypatch):
+    """The paper's environment path without a GPU: a Craftax-Symbolic grow run with its growth event, the
+    player_level stage in the trace and the specialisation statistic, and its figures."""
+    monkeypatch.setenv("MTIL_JAX_CACHE", str(tmp_path / "xla-cache"))
+    out = tmp_path / "craftax"
+    assert main(["rl", "rl/craftax_grow.yaml", "--out", str(out), *[a for kv in CRAFTAX for a in ("--set", kv)]]) == 0
+    r = _results(out)
+    assert r["complete"] and r["env"] == "Craftax-Symbolic-v1" and r["variant"] == "grow" and r["experts"] == 2
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert events == [{"event": "grow", "iteration": 0, "steps": 0, "experts_from": 1, "experts_to": 2, "blocks": 3}]
+    point = r["curve"][-1]
+    assert point["experts"] == 2 and len(point["router"]["critic.block0"]) == 2
+    assert "collect_wood" in point["achievement_rates"]                      # Craftax's achievements are logged
+    trace = json.loads((out / "trace.json").read_text())
+    assert trace["length"] == len(trace["stage"]) > 0 and set(trace["stage"]) <= set(range(10))   # player_level
+    assert np.array(trace["router"]).shape == (trace["length"], 2)
+    spec = json.loads((out / "specialisation.json").read_text())
+    assert spec["episodes"] == 2 and spec["blocks"]["critic.block0"]["experts"] == 2
+    assert {p.name for p in (out / "figures").iterdir()} == {
+        "learning_curve.png", "learning_curve.svg", "router_trace.png", "router_trace.svg"}
