@@ -137,6 +137,9 @@ def summarise(groups: dict[str, list[tuple[Path, dict]]]) -> dict:
             vals = [v for v in vals if v is not None]
             g["final"][key] = {**interval(vals), "values": vals} if vals else None
         finals_of[name] = {key: (g["final"][key] or {}).get("values", []) for key, _ in FINALS}
+        onsets = [stage1_onset(r["curve"]) for _, r in members]
+        reached = [o for o in onsets if o is not None]
+        g["stage1_onset"] = {**interval(reached), "values": onsets} if reached else None
         specs = [s for s in (_specialisation(d) for d, _ in members) if s]
         for block in sorted({b for s in specs for b, row in s["blocks"].items() if row["experts"] >= 2}):
             rows = [s["blocks"][block] for s in specs if block in s["blocks"]]
@@ -167,14 +170,27 @@ def summarise(groups: dict[str, list[tuple[Path, dict]]]) -> dict:
     return out
 
 
+def stage1_onset(curve: list[dict], share: float = 0.5):
+    """Environment steps of the first curve point at which `share` of the finished episodes reached stage 1."""
+    return next((p["steps"] for p in curve if (p.get("reached_stage1") or 0) >= share), None)
+
+
+def _onset_cell(cell: dict | None) -> str:
+    if cell is None:
+        return "never"
+    millions = {k: None if cell[k] is None else cell[k] / 1e6 for k in ("mean", "lo", "hi")}
+    return f"{fmt(millions)}M ({sum(v is not None for v in cell['values'])})"
+
+
 def table(env: str, summary: dict) -> str:
     ci = f"mean [{round(CONFIDENCE * 100)}% bootstrap interval] over seeds"
     lines = [f"Environment: {env}. Final values: mean over each run's last curve points; {ci}.", "",
-             "| variant | seeds | " + " | ".join(name for _, name in FINALS) + " |",
-             "|---|---|" + "---|" * len(FINALS)]
+             "| variant | seeds | " + " | ".join(name for _, name in FINALS) + " | steps until half the episodes "
+             "reach stage 1 (runs) |", "|---|---|" + "---|" * (len(FINALS) + 1)]
     for g in summary["groups"]:
         seeds = f"{len(g['seeds'])}" + (f" ({g['incomplete']} incomplete)" if g["incomplete"] else "")
-        lines.append(f"| {g['label']} | {seeds} | " + " | ".join(fmt(g["final"][k]) for k, _ in FINALS) + " |")
+        lines.append(f"| {g['label']} | {seeds} | " + " | ".join(fmt(g["final"][k]) for k, _ in FINALS)
+                     + f" | {_onset_cell(g['stage1_onset'])} |")
     if summary["differences"]:
         lines += ["", "| difference | " + " | ".join(name for _, name in FINALS) + " |",
                   "|---|" + "---|" * len(FINALS)]

@@ -98,3 +98,9 @@ def test_compare_refuses_mixed_runs_with_one_line(tmp_path, capsys, case, messag
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("mtil: error: --compare: ") and message in err
     assert not (tmp_path / "c").exists()
+
+
+def test_stage1_onset_is_the_first_point_where_half_the_episodes_reach_stage_1():
+    curve = [{"steps": 100, "reached_stage1": 0.2}, {"steps": 200, "reached_stage1": None},
+             {"steps": 300, "reached_stage1": 0.5}, {"steps": 400, "reached_stage1": 0.9}]
+    assert compare.stage1_onset(curve) == 300 and compare.stage1_onset(curve[:2]) is None
