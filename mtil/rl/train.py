@@ -303,8 +303,9 @@ class Run:
             row["achievement_rates"] = per
         for key in ("loss", "value_loss", "actor_loss", "entropy"):
             row[key] = float(np.mean([m[key] for m in window]))
-        row["router"] = {k: np.mean([m["router"][k] for m in window], axis=0).tolist()
-                         for k in window[-1]["router"]}
+        # a point whose window spans a growth averages the router weights of the iterations after it
+        row["router"] = {k: np.mean([m["router"][k] for m in window if len(m["router"][k]) == len(v)],
+                                    axis=0).tolist() for k, v in window[-1]["router"].items()}
         self.curve.append(_clean(row))
         log.info("iteration %d/%d  steps %d  return %s  max stage %s  (%.0f steps/s)", it, self.iterations,
                  row["steps"], "n/a" if row["return"] is None else f"{row['return']:.2f}",
