@@ -24,7 +24,8 @@ from . import figures
 
 RESAMPLES = 10_000
 CONFIDENCE = 0.95
-# (results.json key, column name): the final values over each run's last `final_window` curve points
+# (key, column name): the final values over the episodes of each run's last `final_window` curve points
+# (recomputed from the curve, figures.finals)
 FINALS = (("final_return", "final return"), ("final_return_stage0", "stage-0 return"),
           ("final_return_stage1", "stage-1 return"), ("final_reached_stage1", "episodes reaching stage 1"))
 # config keys a comparison may vary besides the seed: the variant, and bookkeeping that does not act on training
@@ -132,8 +133,9 @@ def summarise(groups: dict[str, list[tuple[Path, dict]]]) -> dict:
         g = {"label": name, "variant": members[0][1].get("variant"), "seeds": [r["seed"] for _, r in members],
              "incomplete": sum(not r.get("complete") for _, r in members), "final": {}, "specialisation": {},
              "inputs": {}}
+        final = [figures.finals(r["curve"], int(r.get("final_window", 10))) for _, r in members]
         for key, _ in FINALS:
-            vals = [r.get(key) for _, r in members]
+            vals = [f[key] for f in final]
             vals = [v for v in vals if v is not None]
             g["final"][key] = {**interval(vals), "values": vals} if vals else None
         finals_of[name] = {key: (g["final"][key] or {}).get("values", []) for key, _ in FINALS}
@@ -184,7 +186,8 @@ def _onset_cell(cell: dict | None) -> str:
 
 def table(env: str, summary: dict) -> str:
     ci = f"mean [{round(CONFIDENCE * 100)}% bootstrap interval] over seeds"
-    lines = [f"Environment: {env}. Final values: mean over each run's last curve points; {ci}.", "",
+    lines = [f"Environment: {env}. Final values: mean over the episodes that finished in each run's last "
+             f"`train.final_window` curve points; {ci}.", "",
              "| variant | seeds | " + " | ".join(name for _, name in FINALS) + " | steps until half the episodes "
              "reach stage 1 (runs) |", "|---|---|" + "---|" * (len(FINALS) + 1)]
     for g in summary["groups"]:

@@ -60,6 +60,22 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return files
 
 
+FINAL_KEYS = ("return", "return_stage0", "return_stage1", "reached_stage1", "max_stage", "achievements")
+
+
+def final_mean(curve: list[dict], key: str, window: int) -> float | None:
+    """Mean of `key` over the episodes that finished in the last `window` curve points (each point's value is
+    a mean over its `episodes`; None when none finished)."""
+    pts = [(p[key], p.get("episodes", 1)) for p in curve[-window:] if p.get(key) is not None]
+    weight = sum(n for _, n in pts)
+    return float(sum(v * n for v, n in pts) / weight) if weight else None
+
+
+def finals(curve: list[dict], window: int) -> dict:
+    """results.json's final values: {"final_<key>": final_mean} for every FINAL_KEYS key."""
+    return {f"final_{k}": final_mean(curve, k, window) for k in FINAL_KEYS}
+
+
 def series(curve: list[dict], key: str):
     pts = [(r["steps"], r[key]) for r in curve if r.get(key) is not None]
     return (np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float)) if pts else (None, None)

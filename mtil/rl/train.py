@@ -32,7 +32,7 @@ import numpy as np
 from .. import config as mtil_config
 from ..errors import MtilError
 from ..rundir.files import numpy_savez, write_json, write_jsonl, write_text
-from . import envs, nets, optim, ppo, specialisation
+from . import envs, figures, nets, optim, ppo, specialisation
 
 log = logging.getLogger(__name__)
 SCHEMA = "rl/base.yaml"
@@ -85,15 +85,6 @@ def grow_points(cfg) -> list[int]:
         return []
     g, n = cfg.moe.experts_end - cfg.moe.experts_start, iterations(cfg)
     return [round(j * n / (g + 1)) for j in range(1, g + 1)]
-
-
-FINAL_KEYS = ("return", "return_stage0", "return_stage1", "reached_stage1", "max_stage", "achievements")
-
-
-def final_mean(curve: list[dict], key: str, window: int) -> float | None:
-    """Mean of `key` over the last `window` curve points that have it (None when none has)."""
-    vals = [r[key] for r in curve if r.get(key) is not None][-window:]
-    return float(np.mean(vals)) if vals else None
 
 
 def shared_computation(cfg) -> dict:
@@ -248,7 +239,7 @@ class Run:
                 "seed": self.cfg.seed, "iterations": self.iterations,
                 "steps_per_iteration": self.steps_per_iteration, "experts": self.experts, "grow_at": self.grow_at,
                 "complete": complete, "final_window": n,
-                **{f"final_{k}": final_mean(self.curve, k, n) for k in FINAL_KEYS}, "curve": self.curve}
+                **figures.finals(self.curve, n), "curve": self.curve}
 
     # ------------------------------------------------------------------------------------------ loop
     def execute(self, stop_after: int | None = None) -> dict:

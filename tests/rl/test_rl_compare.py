@@ -17,8 +17,8 @@ def _run(root, variant, seed, final=10.0, env="two_stage_minatar", steps=1000, s
     label, start, end = VARIANTS[variant]
     d = root / f"{variant}_s{seed}"
     d.mkdir(parents=True)
-    curve = [{"iteration": i, "steps": 100 * i, "return": final * i / 10, "return_stage0": 5.0,
-              "return_stage1": final * i / 10 - 5, "reached_stage1": 0.1 * i, "max_stage": 0.1 * i}
+    curve = [{"iteration": i, "steps": 100 * i, "episodes": 4, "return": final * min(i / 9, 1), "return_stage0": 5.0,
+              "return_stage1": final * min(i / 9, 1) - 5, "reached_stage1": 0.1 * i, "max_stage": 0.1 * i}
              for i in range(1, 11)]
     results = {"kind": "rl", "label": label, "variant": variant, "env": env, "seed": seed, "complete": True,
                "steps_per_iteration": 100, "grow_at": [5] if variant == "grow" else [], "final_window": 2,
@@ -98,6 +98,15 @@ def test_compare_refuses_mixed_runs_with_one_line(tmp_path, capsys, case, messag
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("mtil: error: --compare: ") and message in err
     assert not (tmp_path / "c").exists()
+
+
+def test_final_values_weight_each_curve_point_by_its_episodes():
+    from mtil.rl.figures import final_mean, finals
+    curve = [{"return": 100.0, "episodes": 50}, {"return": 10.0, "episodes": 40}, {"return": None, "episodes": 0},
+             {"return": 20.0, "episodes": 10}]
+    assert final_mean(curve, "return", 3) == pytest.approx((10 * 40 + 20 * 10) / 50)
+    assert final_mean(curve, "return", 1) == pytest.approx(20.0) and final_mean(curve[2:3], "return", 1) is None
+    assert finals(curve, 4)["final_return"] == pytest.approx((5000 + 400 + 200) / 100)
 
 
 def test_stage1_onset_is_the_first_point_where_half_the_episodes_reach_stage_1():
