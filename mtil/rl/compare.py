@@ -3,8 +3,9 @@
 Runs are grouped by variant (label) within one environment; a group counts its distinct seeds. Refused with
 one line: runs of more than one environment, a seed that appears twice in a group, and runs whose settings
 differ other than by seed and variant (budget, environment, network width, ...). Intervals are percentile
-bootstrap 95% intervals (scipy.stats.bootstrap, `RESAMPLES` resamples, seeded) of the mean over seeds; the
-difference of two variants resamples each variant's seeds independently. Writes table.md, compare.json,
+bootstrap 95% intervals (scipy.stats.bootstrap, `RESAMPLES` resamples, seeded) of the mean over seeds; a
+difference of two variants resamples each variant's seeds independently, except grow − 1 expert, taken per seed
+(the grow run of a seed is its 1-expert run until the growth). Writes table.md, compare.json,
 learning_curves.{png,svg} (Fig. 3 with per-stage returns) and specialisation.{png,svg} (Fig. 4 as a statistic).
 """
 from __future__ import annotations
@@ -32,8 +33,11 @@ FINALS = (("final_return", "final return"), ("final_return_stage0", "stage-0 ret
 VARIANT_KEYS = ("label", "net.block", "moe.")
 BOOKKEEPING = ("seed", "train.checkpoint_every", "train.keep_snapshots", "trace.", "specialisation.")
 ORDER = ("no_moe", "1_expert", "k_experts", "grow")  # row and colour order of the variants
-# differences reported (variant minus variant), when both groups are present; the last is the capacity gap
-DIFFERENCES = (("grow", "1_expert"), ("grow", "no_moe"), ("grow", "k_experts"), ("no_moe", "1_expert"))
+# differences reported (variant minus variant, paired by seed?), when both groups are present. The grow run of a
+# seed is its 1-expert run until the growth, so that difference is taken per seed; the others share no state and
+# resample each variant's seeds independently. The last is the capacity gap.
+DIFFERENCES = (("grow", "1_expert", True), ("grow", "no_moe", False), ("grow", "k_experts", False),
+               ("no_moe", "1_expert", False))
 
 
 def interval(a, b=None) -> dict:
@@ -138,7 +142,8 @@ def summarise(groups: dict[str, list[tuple[Path, dict]]]) -> dict:
             vals = [f[key] for f in final]
             vals = [v for v in vals if v is not None]
             g["final"][key] = {**interval(vals), "values": vals} if vals else None
-        finals_of[name] = {key: (g["final"][key] or {}).get("values", []) for key, _ in FINALS}
+        finals_of[name] = {key: {r["seed"]: f[key] for (_, r), f in zip(members, final) if f[key] is not None}
+                           for key, _ in FINALS}
         onsets = [stage1_onset(r["curve"]) for _, r in members]
         reached = [o for o in onsets if o is not None]
         g["stage1_onset"] = {**interval(reached), "values": onsets} if reached else None
@@ -161,15 +166,49 @@ def summarise(groups: dict[str, list[tuple[Path, dict]]]) -> dict:
                                                                    for s in specs if s["episodes"]]))
         out["groups"].append(g)
     by_variant = {g["variant"]: g["label"] for g in out["groups"] if g["variant"]}
-    for a, b in DIFFERENCES:
+    for a, b, paired in DIFFERENCES:
         if a in by_variant and b in by_variant:
             la, lb = by_variant[a], by_variant[b]
-            row = {"a": la, "b": lb}
+            row = {"a": la, "b": lb, "paired": paired}
             for key, _ in FINALS:
                 va, vb = finals_of[la][key], finals_of[lb][key]
-                row[key] = interval(va, vb) if va and vb else None
+                common = sorted(set(va) & set(vb))
+                if paired:
+                    row[key] = interval([va[s] - vb[s] for s in common]) if common else None
+                else:
+                    row[key] = interval(list(va.values()), list(vb.values())) if va and vb else None
             out["differences"].append(row)
+    out["growth"] = [growth(groups[g["label"]], groups.get(by_variant.get("1_expert"), []))
+                     for g in out["groups"] if g["variant"] == "grow"]
     return out
+
+
+def growth(grow_runs, one_expert_runs, points: int = 5) -> dict:
+    """What the first growth did: the newest expert's rollout router weight per block at the first curve point
+    after it and at the end (mean over seeds), and the return of the `points` curve points after it minus the
+    1-expert run's at the same points (per seed; the two runs are one run until the growth)."""
+    label = grow_runs[0][1]["label"]
+    one = {r["seed"]: r["curve"] for _, r in one_expert_runs}
+    after, end, dips = {}, {}, []
+    for _, r in grow_runs:
+        if not r["grow_at"]:
+            continue
+        post = [p for p in r["curve"] if p["iteration"] > r["grow_at"][0]]
+        if not post:
+            continue
+        for block, w in post[0]["router"].items():
+            after.setdefault(block, []).append(w[-1])
+            end.setdefault(block, []).append(post[-1]["router"][block][-1])
+        if r["seed"] in one:
+            mine = {p["iteration"]: p.get("return") for p in post[:points]}
+            theirs = {p["iteration"]: p.get("return") for p in one[r["seed"]]}
+            pairs = [(v, theirs[i]) for i, v in mine.items() if v is not None and theirs.get(i) is not None]
+            if pairs:
+                dips.append(float(np.mean([a - b for a, b in pairs])))
+    return {"label": label, "points": points,
+            "newest_after": {b: float(np.mean(v)) for b, v in after.items()},
+            "newest_end": {b: float(np.mean(end[b])) for b in after},
+            "return_vs_1_expert": {**interval(dips), "values": dips} if dips else None}
 
 
 def stage1_onset(curve: list[dict], share: float = 0.5):
@@ -198,7 +237,8 @@ def table(env: str, summary: dict) -> str:
         lines += ["", "| difference | " + " | ".join(name for _, name in FINALS) + " |",
                   "|---|" + "---|" * len(FINALS)]
         for d in summary["differences"]:
-            lines.append(f"| {d['a']} − {d['b']} | " + " | ".join(fmt(d[k]) for k, _ in FINALS) + " |")
+            pairing = " (paired by seed)" if d["paired"] else ""
+            lines.append(f"| {d['a']} − {d['b']}{pairing} | " + " | ".join(fmt(d[k]) for k, _ in FINALS) + " |")
     spec = [(g, b, row) for g in summary["groups"] for b, row in g["specialisation"].items()]
     if spec:
         lines += ["", "Router specialisation: Jensen-Shannon divergence (bits) between the stage-0 and stage-1 mean "
@@ -208,6 +248,11 @@ def table(env: str, summary: dict) -> str:
         for g, block, row in spec:
             newest = "n/a" if row["newest"] is None else f"{row['newest'][0]:.2f} -> {row['newest'][1]:.2f}"
             lines.append(f"| {g['label']} | {block} | {fmt(row['js'], 3)} | {fmt(row['random_js'], 3)} | {newest} |")
+    for gr in summary.get("growth", []):
+        weights = ", ".join(f"{b} {gr['newest_after'][b]:.2f} -> {gr['newest_end'][b]:.2f}" for b in gr["newest_after"])
+        lines += ["", f"Growth ({gr['label']}): the new expert's rollout router weight at the first curve point after "
+                  f"the growth -> at the end: {weights}; return over the {gr['points']} curve points after the growth "
+                  f"minus the 1-expert run's (paired by seed): {fmt(gr['return_vs_1_expert'])}."]
     inputs = [g for g in summary["groups"] if g["inputs"].get("obs_rms")]
     if inputs:
         lines += ["", "Inputs over the greedy episodes (stage 0 / stage 1): rms of the normalised observation "

@@ -18,7 +18,8 @@ def _run(root, variant, seed, final=10.0, env="two_stage_minatar", steps=1000, s
     d = root / f"{variant}_s{seed}"
     d.mkdir(parents=True)
     curve = [{"iteration": i, "steps": 100 * i, "episodes": 4, "return": final * min(i / 9, 1), "return_stage0": 5.0,
-              "return_stage1": final * min(i / 9, 1) - 5, "reached_stage1": 0.1 * i, "max_stage": 0.1 * i}
+              "return_stage1": final * min(i / 9, 1) - 5, "reached_stage1": 0.1 * i, "max_stage": 0.1 * i,
+              "router": {"critic.block0": [0.4, 0.6] if variant == "grow" and i > 5 else [1.0]}}
              for i in range(1, 11)]
     results = {"kind": "rl", "label": label, "variant": variant, "env": env, "seed": seed, "complete": True,
                "steps_per_iteration": 100, "grow_at": [5] if variant == "grow" else [], "final_window": 2,
@@ -66,9 +67,12 @@ def test_compare_groups_by_variant_counts_seeds_and_reports_differences(tmp_path
     assert main(["rl", "--compare", str(runs), "--out", str(tmp_path / "cmp")]) == 0
     table = (tmp_path / "cmp" / "table.md").read_text()
     assert "| 1-to-2 grow | 3 | 21.00 [" in table and "| No MoE | 3 | 16.00 [" in table
-    assert "| 1-to-2 grow − 1 expert | 10.00 [" in table and "| 1-to-2 grow − No MoE | 5.00 [" in table
+    assert "| 1-to-2 grow − 1 expert (paired by seed) | 10.00 [10.00, 10.00] |" in table   # same gap in every seed
+    assert "| 1-to-2 grow − No MoE | 5.00 [" in table
     assert "| No MoE − 1 expert | 5.00 [" in table
     assert "| 1-to-2 grow | critic.block0 | 0.210 [" in table and "0.060 [0.060, 0.060]" in table
+    # after the growth (points 6-10) the fake grow runs are 10 x mean(6/9, 7/9, 8/9, 1, 1) above the 1-expert runs
+    assert "minus the 1-expert run's (paired by seed): 8.67 [8.67, 8.67]" in table
     summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     grow = next(g for g in summary["groups"] if g["variant"] == "grow")
     assert grow["seeds"] == [0, 1, 2] and grow["final"]["final_return"]["values"] == [20.0, 21.0, 22.0]

@@ -164,7 +164,7 @@ def test_compare_writes_fig3_and_table(rl_runs, tmp_path, capsys):
     table = (tmp_path / "cmp" / "table.md").read_text()
     for label in VARIANTS.values():
         assert f"| {label} | 1 |" in table
-    assert "| 1-to-2 grow − 1 expert |" in table and "| 2 experts | critic.block0 |" in table
+    assert "| 1-to-2 grow − 1 expert (paired by seed) |" in table and "| 2 experts | critic.block0 |" in table
     for name in ("learning_curves.png", "compare.json"):
         assert (tmp_path / "cmp" / name).stat().st_size > 1000
     # the tiny agents' greedy episodes stay in stage 0: no specialisation to draw (tests/rl/test_rl_compare.py draws it)
