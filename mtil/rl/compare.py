@@ -257,7 +257,8 @@ def table(env: str, summary: dict) -> str:
     if inputs:
         lines += ["", "Inputs over the greedy episodes (stage 0 / stage 1): rms of the normalised observation "
                   "before and after the clip, fraction of entries clipped.", "",
-                  "| variant | rms unclipped | rms | clipped | greedy episodes reaching stage 1 |", "|---|---|---|---|---|"]
+                  "| variant | rms unclipped | rms | clipped | greedy episodes reaching stage 1 |",
+                  "|---|---|---|---|---|"]
 
         def pair(v, d=2):
             return " / ".join("n/a" if x is None else f"{x:.{d}f}" for x in v)
