@@ -304,10 +304,12 @@ def _cross_base(cfg: dict) -> None:
             raise MtilError(f"config key '{key}' = {names!r} is not allowed; allowed: each name once "
                             f"(repeated: {', '.join(dups)})")
     order = data["order"]
-    stray = sorted(set(train["lr_per_task"]) - set(order))
-    if stray:
-        raise MtilError(f"config key 'train.lr_per_task' names {', '.join(stray)}, not in data.order; allowed: "
-                        f"{', '.join(map(str, order))}")
+    for key, rates in (("train.lr_per_task", train["lr_per_task"]),
+                       ("method.finetune.lr_per_task", cfg["method"]["finetune"]["lr_per_task"])):
+        stray = sorted(set(rates) - set(order))
+        if stray:
+            raise MtilError(f"config key '{key}' names {', '.join(stray)}, not in data.order; allowed: "
+                            f"{', '.join(map(str, order))}")
 
 
 # schema file name -> cross-key check run on the merged config
