@@ -1,13 +1,15 @@
 """Training, one task at a time: `TrainSettings` (read from the config once) and the `Trainer`'s step loop, which
-calls into the method (`mtil.methods`: build_optimizer / begin_task / loss / after_step / end_task).
+calls into the method (`mtil.methods`: build_optimizer / begin_task / loss / clip_gradients / after_step /
+end_task).
 
-Per task: a fresh optimizer over what the method trains (the MoE adapters: `optim.SlotAdamW`, one step count per
-expert slot; full fine-tuning: torch's AdamW) with the task's learning rate and timm's cosine schedule with warm-up
-(stepped per update); the method's loss (CLIP logits of the batch against the task's class prompts, first template,
-cross-entropy with label smoothing, plus its own terms); gradients cleared after every step. A non-finite loss stops
-the run before anything is written, so the last checkpoint stays the last good one. When a policy rewrites a slot
-(a merge target, a grown expert) it calls `ctx.slot_changed`, and the MoE method restarts that slot's optimizer
-state (`optimizer.reset_state`): policies never touch the optimizer.
+Per task, as MoE-Adapters' and ZSCL's `finetune`: a fresh optimizer over what the method trains (the MoE adapters:
+`optim.SlotAdamW` under the method's `SliceGuard`; full fine-tuning: torch's AdamW) with the task's learning rate
+and their `utils.cosine_lr` schedule (`train.schedule`, stepped per update); the method's loss (CLIP logits of the
+batch against the task's class prompts, first template, cross-entropy with label smoothing, plus the method's own
+terms); gradients cleared with `set_to_none`. The references loop `range(iterations + 1)`: their last iteration runs
+at the schedule's end lr (0) and changes no weight, but its batch counts in the experts' usage; `train.final_step`
+runs it too (after the `iterations` updates, without the method's after_step). A non-finite loss stops the run
+before anything is written, so the last checkpoint stays the last good one.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ class TrainSettings:
     weight_decay: float
     warmup_steps: int
     min_lr: float
+    schedule: str
+    final_step: bool
     label_smoothing: float
     grad_clip: float | None
     checkpoint_every: int
@@ -47,8 +51,7 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, cfg) -> "TrainSettings":
-        return cls(**dict(cfg.train), seed=cfg.seed,
-                   num_workers=cfg.data.num_workers, bad_images=cfg.data.bad_images)
+        return cls(**dict(cfg.train), seed=cfg.seed, num_workers=cfg.data.num_workers, bad_images=cfg.data.bad_images)
 
 
 class Trainer:
@@ -68,7 +71,7 @@ class Trainer:
         s, accelerator, method = self.s, self.accelerator, self.method
         iterations = s.iterations
         optimizer = method.build_optimizer(method.lr_of(task.name), s.weight_decay)
-        scheduler = optim.build_scheduler(optimizer, iterations, s.warmup_steps, s.min_lr)
+        scheduler = optim.build_scheduler(optimizer, iterations, s.warmup_steps, s.min_lr, s.schedule)
         if resume_state is not None:
             optimizer.load_state_dict(resume_state["optimizer"])
             scheduler.load_state_dict(resume_state["scheduler"])
@@ -76,7 +79,8 @@ class Trainer:
         ctx = TrainContext(task_index, task.name, start_step, global_step)
         method.begin_task(ctx, optimizer)
         tokens = self.tokenizer([p[0] for p in task.prompts(all_templates=False)]).to(accelerator.device)
-        loader = train_loader(task, self.transform, seed=s.seed, task_index=task_index, start=start_step, stop=iterations,
+        stop = iterations + int(s.final_step)
+        loader = train_loader(task, self.transform, seed=s.seed, task_index=task_index, start=start_step, stop=stop,
                               batch_size=s.batch_size, rank=accelerator.process_index, world=accelerator.num_processes,
                               workers=s.num_workers, bad_images=s.bad_images)
         self.model.train()
@@ -93,10 +97,14 @@ class Trainer:
                 raise NonFiniteLoss(f"loss became {value} at task {task_index + 1} ({task.name}) step {ctx.step + 1}")
             accelerator.backward(loss)
             if s.grad_clip:
-                accelerator.clip_grad_norm_(method.trainable_parameters(), s.grad_clip)
-            scheduler.step_update(ctx.step + 1)  # lr of this update: warm-up starts at lr / warmup_steps, not 0
+                method.clip_gradients(accelerator, s.grad_clip)
+            final = ctx.step == iterations   # the reference's extra last iteration (train.final_step)
+            # lr of this update: warm-up starts at lr / warmup_steps, not 0; the final iteration's is the end lr
+            scheduler.step_update(ctx.step + 1)
             prepared_optimizer.step()
             prepared_optimizer.zero_grad(set_to_none=True)
+            if final:
+                continue
             ctx.step += 1
             ctx.global_step += 1
             method.after_step(ctx)

@@ -42,6 +42,7 @@ class MethodFacts:
     iterations: int           # train.iterations
     batch_size: int           # train.batch_size
     label_smoothing: float    # train.label_smoothing
+    final_step: bool          # train.final_step: the references' extra last iteration at lr 0 runs too
     seed: int
     num_workers: int          # data.num_workers
     bad_images: str           # data.bad_images
@@ -51,7 +52,7 @@ class MethodFacts:
     @classmethod
     def from_config(cls, cfg) -> "MethodFacts":
         return cls(tuple(cfg.data.order), cfg.train.iterations, cfg.train.batch_size, cfg.train.label_smoothing,
-                   cfg.seed, cfg.data.num_workers, cfg.data.bad_images, cfg.data.root, cfg.eval.batch_size)
+                   cfg.train.final_step, cfg.seed, cfg.data.num_workers, cfg.data.bad_images, cfg.data.root, cfg.eval.batch_size)
 
 
 class Method(ABC):
@@ -93,8 +94,8 @@ class Method(ABC):
         """A fresh optimizer over what trains in this task."""
 
     @abstractmethod
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """The parameters whose gradients are clipped (train.grad_clip)."""
+    def clip_gradients(self, accelerator, max_norm: float) -> None:
+        """Clip the gradient norm of what trains to `max_norm` (train.grad_clip)."""
 
     def begin_task(self, ctx: TrainContext, optimizer: torch.optim.Optimizer) -> None:
         pass

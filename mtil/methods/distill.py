@@ -154,7 +154,8 @@ class Distilling(FineTune):
         tokens = self.tokenizer(self.reference_texts(task)).to(self.device)
         self.texts = text_features(self.teacher, tokens, self.facts.eval_batch_size)
         sampler = StepSlices(len(images), self.facts.batch_size, self.order, seed=self.facts.seed,
-                             key=f"{self.name}-reference-{ctx.task}", start=ctx.step, stop=self.facts.iterations,
+                             key=f"{self.name}-reference-{ctx.task}", start=ctx.step,
+                             stop=self.facts.iterations + int(self.facts.final_step),
                              rank=self.rank, world=self.world)
         loader = torch.utils.data.DataLoader(images, batch_sampler=sampler, collate_fn=collate_images,
                                              num_workers=self.facts.num_workers)

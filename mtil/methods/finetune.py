@@ -110,6 +110,9 @@ class FineTune(Method):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.named_weights().values())
 
+    def clip_gradients(self, accelerator, max_norm: float) -> None:
+        accelerator.clip_grad_norm_(self.trainable_parameters(), max_norm)
+
     def build_optimizer(self, lr: float, weight_decay: float) -> torch.optim.AdamW:
         """torch's AdamW as ZSCL builds it; its fused kernel (the same update, one kernel: 6x faster on a CPU) where
         torch has one for the device."""

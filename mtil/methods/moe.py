@@ -65,8 +65,9 @@ class MoE(Method):
     def build_optimizer(self, lr: float, weight_decay: float) -> optim.SlotAdamW:
         return optim.build_optimizer(self.model, lr, weight_decay)
 
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return self.model.adapter_parameters()
+    def clip_gradients(self, accelerator, max_norm: float) -> None:
+        self.guard.zero_locked_grads()   # a locked expert's gradient does not count in the norm
+        accelerator.clip_grad_norm_(self.model.adapter_parameters(), max_norm)
 
     def begin_task(self, ctx: TrainContext, optimizer) -> None:
         self.router = self.policy.router_of(ctx)
