@@ -12,7 +12,7 @@ import torch
 from ..errors import MtilError
 from ..rundir import files
 
-FORMAT = 1
+FORMAT = 2   # 2: the method's state under "method" (was "tracker" and "policy")
 
 
 def save(state: dict, path: str | os.PathLike) -> Path:
