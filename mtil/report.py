@@ -1,11 +1,15 @@
-"""Tables over run directories: Transfer / Avg / Last / BWT / Forgetting (mean ± std over seeds) beside published rows.
+"""Tables over run directories: Transfer / Avg / Last / BWT / Forgetting (mean ± std over seeds), trainable
+parameters and training time, beside published rows.
 
 Every number is recomputed from each run's accuracy matrix (`metrics.summarize`), never read from the summary
 values stored beside it, and rounded as the published tables are (ZSCL's `np.around(x, 1)`: x * 10 rounded half
 to even, so a transfer of 65.35 prints 65.4). Runs whose resolved configs differ only in `seed` (and paths)
 form one group; a group of several seeds shows mean ± sample std (ddof=1). Each task stream gets its own tables;
 published rows (`mtil/references.yaml`, ViT-B/16) are those of the MTIL order the stream is (none for another
-stream, such as the demo's), and are always labelled as published. The per-dataset table has a Transfer, an Avg
+stream, such as the demo's), and are always labelled as published: each right above the group that reproduces it
+(`method.name`, and `policy.name` for the MoE method: references.yaml's `methods`), the others first.
+"Trainable" is the mean over tasks of the parameters each task's optimizer could change (`params[].trainable`),
+"Train time" the wall time of training summed over tasks (`train_seconds`); both "-" for runs that lack them. The per-dataset table has a Transfer, an Avg
 and a Last row per group and an Average column, as ZSCL's and MoE-Adapters' appendices print.
 
 A run directory given twice (or given and found again under a given folder) counts once. A run given on the
@@ -32,7 +36,9 @@ from .rundir.layout import RunDir
 log = logging.getLogger(__name__)
 
 METRICS = ("transfer", "avg", "last", "bwt", "forgetting")   # published rows have the first three
-HEADERS = {"transfer": "Transfer", "avg": "Avg", "last": "Last", "bwt": "BWT", "forgetting": "Forgetting"}
+COSTS = ("trainable", "train_seconds")                        # per run: mean over tasks, sum over tasks
+HEADERS = {"transfer": "Transfer", "avg": "Avg", "last": "Last", "bwt": "BWT", "forgetting": "Forgetting",
+           "trainable": "Trainable", "train_seconds": "Train time"}
 PER_DATASET = ("transfer", "avg", "last")
 IGNORED_KEYS = ("seed", "data.root", "model.pretrained", "data.num_workers", "eval.batch_size", "output.plots",
                 "eval.pixel_cache_mb", "train.log_every", "threads")
@@ -48,7 +54,7 @@ class Group:
 
     def values(self, key: str, dataset: str | None = None) -> np.ndarray:
         if dataset is None:
-            return np.array([r[key] for r in self.runs], dtype=float)
+            return np.array([np.nan if r.get(key) is None else r[key] for r in self.runs], dtype=float)
         return np.array([r["per_dataset"][dataset][key] if r["per_dataset"][dataset][key] is not None else np.nan
                          for r in self.runs], dtype=float)
 
@@ -105,8 +111,18 @@ def run_dirs(paths: list[str | Path]) -> tuple[dict[Path, dict], list[Path]]:
 
 
 def recomputed(results: dict) -> dict:
-    """results.json with every metric recomputed from its matrix."""
-    return {**results, **metrics.summarize(results["matrix"], results["tasks"])}
+    """results.json with every metric recomputed from its matrix, and its costs (COSTS) per run."""
+    trainable = [p.get("trainable") for p in results.get("params") or []]
+    seconds = results.get("train_seconds")
+    costs = {"trainable": float(np.mean(trainable)) if trainable and None not in trainable else None,
+             "train_seconds": float(sum(seconds)) if seconds else None}
+    return {**results, **metrics.summarize(results["matrix"], results["tasks"]), **costs}
+
+
+def method_key(cfg: dict) -> str:
+    """What a run reproduces: `method.name`, with `/policy.name` for the MoE method (runs older than methods: moe)."""
+    method = (cfg.get("method") or {}).get("name", "moe")
+    return f"moe/{(cfg.get('policy') or {}).get('name')}" if method == "moe" else method
 
 
 def _unique_labels(groups: list[Group]) -> None:
@@ -144,13 +160,34 @@ def group_runs(paths: list[str | Path]) -> list[Group]:
     return out
 
 
+def _references() -> dict:
+    return yaml.safe_load((Path(__file__).resolve().parent / "references.yaml").read_text())
+
+
 def references(tasks: list[str]) -> tuple[str, dict]:
     """The published rows of the MTIL order these tasks are ({} for any other stream: not comparable)."""
-    data = yaml.safe_load((Path(__file__).resolve().parent / "references.yaml").read_text())
-    for name, entry in data.items():
+    for name, entry in _references().items():
         if isinstance(entry, dict) and entry.get("tasks") == tasks:
             return name, entry["rows"]
     return "", {}
+
+
+def fmt_count(values: np.ndarray) -> str:
+    """A parameter count as 7.56M / 143.4k / 512 (mean over seeds)."""
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return "-"
+    v = float(np.mean(values))
+    return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}k" if v >= 1e3 else f"{v:.0f}"
+
+
+def fmt_seconds(values: np.ndarray) -> str:
+    """Wall time as mean ± std over seeds, in s (< 2 min), min (< 2 h) or h."""
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return "-"
+    scale, unit = (1, "s") if np.mean(values) < 120 else (60, "min") if np.mean(values) < 7200 else (3600, "h")
+    return f"{metrics.fmt_mean_std(values / scale)} {unit}"
 
 
 def fmt(values: np.ndarray) -> str:
@@ -167,15 +204,21 @@ def streams(groups: list[Group]) -> list[list[Group]]:
 
 
 def table(groups: list[Group]) -> list[dict]:
-    """Rows of the main table of one stream: published references, then each group (with its number of seeds)."""
+    """Rows of the main table of one stream: published references (each right above the group reproducing it, the
+    others first), then each group (with its number of seeds)."""
     order, refs = references(groups[0].tasks)
-    rows = [{"method": f"{name} (published, ViT-B/16, {order})", "seeds": None, "tasks": groups[0].tasks,
-             **{m: "" for m in METRICS}, **{m: v for m, v in zip(METRICS, vals)}} for name, vals in refs.items()]
+    reproduces = _references().get("methods", {})
+    published = {name: {"method": f"{name} (published, ViT-B/16, {order})", "seeds": None, "tasks": groups[0].tasks,
+                        **{m: "" for m in (*METRICS, *COSTS)}, **{m: v for m, v in zip(METRICS, vals)}}
+                 for name, vals in refs.items()}
+    reproduced = {method_key(g.config) for g in groups}
+    rows = [published.pop(name) for name in list(published) if reproduces.get(name) not in reproduced]
     for g in groups:
+        rows += [published.pop(name) for name in list(published) if reproduces.get(name) == method_key(g.config)]
         row = {"method": g.label, "seeds": len(g.runs), "tasks": g.tasks}
-        for m in METRICS:
+        for m in (*METRICS, *COSTS):
             v = g.values(m)
-            row[m] = fmt(v)
+            row[m] = {"trainable": fmt_count, "train_seconds": fmt_seconds}.get(m, fmt)(v)
             finite = v[~np.isnan(v)]   # transfer of a one-task run is undefined (NaN): null in JSON, empty in CSV
             mean, std = metrics.mean_std(finite) if len(finite) else (None, None)
             row[f"{m}_mean"], row[f"{m}_std"] = (float(mean), float(std)) if len(finite) else (None, None)
@@ -197,13 +240,13 @@ def per_dataset(groups: list[Group]) -> list[dict]:
 def _csv(parts: list[tuple[list[dict], list[dict]]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["method", "seeds", *(c for m in METRICS for c in (m, f"{m}_std"))])
+    writer.writerow(["method", "seeds", *(c for m in (*METRICS, *COSTS) for c in (m, f"{m}_std"))])
     for main, _ in parts:
         for r in main:
             if r["seeds"] is None:
-                cells = [c for m in METRICS for c in (r[m], "")]
+                cells = [c for m in (*METRICS, *COSTS) for c in (r[m], "")]
             else:
-                cells = [c for m in METRICS for c in (r[f"{m}_mean"], r[f"{m}_std"])]
+                cells = [c for m in (*METRICS, *COSTS) for c in (r[f"{m}_mean"], r[f"{m}_std"])]
                 cells = ["" if c is None else round(c, 4) for c in cells]
             writer.writerow([r["method"], r["seeds"] or "", *cells])
     for main, datasets in parts:
@@ -232,10 +275,11 @@ def render(paths: list[str | Path], fmt_name: str = "md") -> str:
         tasks = main[-1]["tasks"]
         if len(parts) > 1:
             lines += [f"stream: {', '.join(tasks)}", ""]
-        lines += ["| method | seeds | " + " | ".join(HEADERS[m] for m in METRICS) + " |",
-                  "|---|---|" + "---|" * len(METRICS)]
+        lines += ["| method | seeds | " + " | ".join(HEADERS[m] for m in (*METRICS, *COSTS)) + " |",
+                  "|---|---|" + "---|" * len(METRICS) + "---:|" * len(COSTS)]
         for r in main:
-            lines.append(f"| {r['method']} | {r['seeds'] or ''} | " + " | ".join(str(r[m]) for m in METRICS) + " |")
+            lines.append(f"| {r['method']} | {r['seeds'] or ''} | "
+                         + " | ".join(str(r[m]) for m in (*METRICS, *COSTS)) + " |")
         lines += ["", "| method | metric | " + " | ".join(tasks) + " | Average |", "|---|---|" + "---|" * (len(tasks) + 1)]
         for r in datasets:
             lines.append(f"| {r['method']} | {HEADERS[r['metric']]} | "

@@ -1,10 +1,12 @@
-"""The policies x seeds grid: one run directory per cell, then one table and one figure.
+"""The methods (x policies) x seeds grid: one run directory per cell, then one table and one figure.
 
-Cells are `OUT/<policy>-seed<k>`, each keyed by its resolved config: a finished cell whose config.yaml equals the
+Cells are `OUT/<policy>-seed<k>` for the MoE method with each policy and `OUT/<method>-seed<k>` for every other
+method (zero-shot, finetune, lwf, icarl, wiseft, zscl), each keyed by its resolved config: a finished cell whose config.yaml equals the
 cell's config now (up to the keys `report.IGNORED_KEYS` lets differ within a group, seed excepted) is reused and
 named as such, an interrupted one resumed, so re-running the same command continues the grid. A cell written with
 another config (e.g. a changed `--set train.lr=...`) is never reused: compare stops and names the differing keys.
-The table is `mtil report` over the grid (mean ± std per policy); the figure is `plots.compare_policies`.
+The table is `mtil report` over the grid (mean ± std per method and policy, trainable parameters and training
+time, published rows beside their reproductions on an MTIL order); the figure is `plots.compare_policies`.
 """
 from __future__ import annotations
 
@@ -44,14 +46,25 @@ def _differences(saved: dict, now: dict) -> list[str]:
             if old.get(k) != new.get(k)]
 
 
+def variants(methods: list[str], policies: list[str]) -> list[tuple[str, list[str]]]:
+    """(cell name, overrides) of each row of the grid: the MoE method once per policy, every other method once."""
+    out = []
+    for method in methods:
+        if method == "moe":
+            out += [(policy, ["method.name=moe", f"policy.name={policy}"]) for policy in policies]
+        else:
+            out.append((method, [f"method.name={method}"]))
+    return out
+
+
 def run_grid(config_path, overrides: list[str], policies: list[str], seeds: list[int],
-             out: Path) -> tuple[list[Path], list[Path]]:
+             out: Path, methods: list[str] = ("moe",)) -> tuple[list[Path], list[Path]]:
     """Run every cell not yet finished; returns (cells, cells reused as already finished with this config)."""
     plan = []
-    for policy in policies:
+    for name, chosen in variants(list(methods), policies):
         for seed in seeds:
-            cell = out / f"{policy}-seed{seed}"
-            cfg = config.load(config_path, [*overrides, f"policy.name={policy}", f"seed={seed}", "output.plots=false"])
+            cell = out / f"{name}-seed{seed}"
+            cfg = config.load(config_path, [*overrides, *chosen, f"seed={seed}", "output.plots=false"])
             status = cell_status(cell)
             if status != "new" and RunDir(cell).config.exists():
                 diff = _differences(rundir.read_config(cell), config.unwrap(cfg))

@@ -286,7 +286,7 @@ def test_each_output_writer_keeps_the_old_file_on_failure(tmp_path):
     with pytest.raises(Boom):
         files.numpy_savez(usage, a=np.arange(3), b=Unsaveable())
     assert {p: p.read_bytes() for p in before} == before and _listing(tmp_path) == listing
-    assert torch.load(ck, weights_only=False)["format"] == 1 and json.loads(res.read_text())["matrix"] == [[50.0]]
+    assert torch.load(ck, weights_only=False)["format"] == run_checkpoint.FORMAT and json.loads(res.read_text())["matrix"] == [[50.0]]
 
 
 def test_a_write_into_an_unwritable_folder_fails_cleanly(tmp_path):

@@ -188,3 +188,25 @@ def test_one_task_run_has_no_transfer_and_valid_json(tmp_path, capsys):
     text = report_out(capsys, run, "--format", "json")
     data = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON output"))
     assert data["table"][0]["transfer_mean"] is None and data["table"][0]["avg_mean"] == 50.0
+
+
+def test_published_rows_sit_right_above_their_reproductions_with_costs(tmp_path, capsys):
+    """issue 22: a run of method.name (moe/<policy> for the adapters) is printed under its published row; the
+    published rows nobody reproduced come first; trainable parameters and training time are columns."""
+    acc = yaml.safe_load((Path(__file__).parents[2] / "mtil" / "references.yaml").read_text())
+    order1 = acc["order1"]["tasks"]
+    row = [acc["zero_shot_accuracy"][t] for t in order1]
+    params = [{"task": t, "trainable": 149_620_737} for t in order1]
+    fake_run(tmp_path / "finetune-seed0", [row] * 11, order1, "method.name=finetune", params=params,
+             train_seconds=[600.0] * 11)
+    fake_run(tmp_path / "freeze-seed0", [row] * 11, order1, "policy.name=freeze",
+             params=[{"task": t, "trainable": 1000 * (i + 1)} for i, t in enumerate(order1)])
+    lines = [line for line in report_out(capsys, tmp_path).splitlines() if line.startswith("| ")][:11]
+    names = [line.split(" | ")[0][2:] for line in lines]
+    assert names[0] == "method" and names[1].startswith("Zero-shot CLIP (published")
+    assert names.index("finetune") == names.index("Continual fine-tuning (published, ViT-B/16, order1)") + 1
+    assert names.index("freeze") == names.index("MoE-Adapters (published, ViT-B/16, order1)") + 1
+    assert names.index("ZSCL (published, ViT-B/16, order1)") < names.index("finetune")
+    assert "| Trainable | Train time |" in lines[0]
+    assert lines[names.index("finetune")].endswith("| 149.62M | 110.0 min |")
+    assert lines[names.index("freeze")].endswith("| 6.0k | - |")
