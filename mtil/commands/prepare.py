@@ -2,6 +2,8 @@
 
 Sources: torchvision (downloads where a network exists), the Hugging Face hub (`--source hf`), or a local
 image folder / archive (`--from DIR`: one sub-folder per class, optionally inside `train/` + `test/`).
+With `--captions FILE`, `--from DIR` is any folder of images and the result is a reference set for the distillation
+baselines (`mtil.data.reference`: the images and the file's sentences, one per line).
 `mtil prepare --list` shows the registered datasets and which are prepared under --root.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  mtil prepare Cars --root data --source hf         # from the Hugging Face hub\n"
         "  mtil prepare EuroSAT --root data --from EuroSAT.zip\n"
         "  mtil prepare MyBirds --root data --from birds/ --template 'a photo of a {}, a type of bird.'\n"
+        "  mtil prepare Reference --root data --from imagenet/train --captions cc_captions.txt   # ZSCL's reference set\n"
         "folder layout: DIR/<class>/<image>, or DIR/train/<class>/<image> + DIR/test/<class>/<image>;\n"
         "class folders are class names (the registry's, or the source's own such as AnnualCrop, car_side,\n"
         "n01443537) or label indices; without a test folder a seeded 80/20 split is made (as ZSCL does).")
@@ -51,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=42, help="seed of that split (default 42, as ZSCL)")
     parser.add_argument("--template", action="append", metavar="TEXT",
                         help="prompt template with {} for a new dataset (repeatable; the first trains)")
+    parser.add_argument("--captions", metavar="FILE",
+                        help="build a reference set for the distillation baselines (method zscl): every image under "
+                             "--from (any layout) plus FILE's sentences (one per line, or a JSON list); "
+                             "docs/baselines.md says which to use for the real benchmark")
 
 
 def _list(root: str) -> int:
@@ -109,6 +116,19 @@ def _check(root: str, name: str) -> int:
     return 0
 
 
+def _reference(args) -> int:
+    from ..data import reference
+
+    if not args.src:
+        raise MtilError("--captions needs --from DIR, the folder of the reference images")
+    images = reference.image_files(args.src)
+    meta = reference.save_reference(args.root, args.name, images, reference.read_captions(args.captions),
+                                    overwrite=args.overwrite, source=f"{args.src} + {args.captions}")
+    print(f"prepared reference set {meta['name']}: {meta['images']} images, {meta['captions']} sentences -> "
+          f"{args.root}/{meta['name']} ({meta['seconds']:.1f}s); skipped undecodable images: {meta['skipped']}")
+    return 0
+
+
 def execute(args) -> int:
     if args.list:
         return _list(args.root)
@@ -121,6 +141,8 @@ def execute(args) -> int:
         raise MtilError("--max-per-class must be at least 1")
     if args.split_from and not args.src:
         raise MtilError("--split-from needs --from DIR (the folder its paths are relative to)")
+    if args.captions:
+        return _reference(args)
 
     from ..data import prepared, registry, sources
 

@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 from ..errors import MtilError
 from . import prepared
 from .prepared import encode
+from .prepared.write import _quiet_progress
 from .sources.folders import IMAGE_EXTENSIONS
 
 CAPTIONS_FILE = "captions.json"
@@ -85,7 +86,7 @@ def save_reference(root: str | os.PathLike, name: str, images: Iterable, caption
             counts["images"] += 1
             yield {"image": cell, "label": 0}
 
-    with prepared.staging(root, name, overwrite) as st:
+    with prepared.staging(root, name, overwrite) as st, _quiet_progress():
         ds = datasets.Dataset.from_generator(rows, features=features, cache_dir=str(st.work / "cache"),
                                              split=datasets.NamedSplit("train"))
         if counts["images"] == 0:
@@ -97,6 +98,11 @@ def save_reference(root: str | os.PathLike, name: str, images: Iterable, caption
         (st.tmp / prepared.META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
         st.commit()
     return meta
+
+
+def is_reference(root: str | os.PathLike, name: str) -> bool:
+    path = prepared.dataset_dir(root, name)
+    return (path / CAPTIONS_FILE).is_file() and (path / "dataset_dict.json").is_file()
 
 
 def load_reference(root: str | os.PathLike, name: str):

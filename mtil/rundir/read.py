@@ -59,6 +59,16 @@ class RunRecord:
         return str(self.results.get("policy") or _get(self.config, "policy.name") or "?")
 
     @property
+    def method(self) -> str:
+        """`method.name` (runs older than the methods: moe)."""
+        return str(self.results.get("method") or _get(self.config, "method.name") or "moe")
+
+    @property
+    def what(self) -> str:
+        """What trained, for titles: 'policy merge' (the MoE method) or 'method finetune'."""
+        return f"policy {self.policy}" if self.method == "moe" else f"method {self.method}"
+
+    @property
     def iterations(self) -> int | None:
         """Optimizer steps per task (`train.iterations`); task k spans global steps (k*it, (k+1)*it]."""
         value = _get(self.config, "train.iterations")

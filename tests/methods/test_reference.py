@@ -232,3 +232,17 @@ def test_zscl_weight_ensemble_is_the_running_average_of_its_snapshots(method_roo
             running = (running * count + snap[n]) / (1.0 + count)
         assert torch.equal(p.detach(), running), n
         assert torch.allclose(p.detach(), torch.stack([s[n] for s in snapshots]).mean(0), atol=1e-14)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    images, labels, texts, _ = batch(tiny_backbone())
+    out = []
+    for checkpointing in (False, True):
+        method = FineTune(facts(), grad_checkpointing=checkpointing)
+        method.attach(tiny_backbone(), ONE_PROCESS, [], fresh=True)
+        method.module.train()
+        loss = method.loss(method.module, images, labels, texts, TrainContext(0, "Red", 0, 0))
+        loss.backward()
+        out.append((float(loss.detach()), [p.grad for p in method.trainable_parameters()]))
+    assert out[0][0] == pytest.approx(out[1][0], abs=1e-12)
+    assert max(float((a - b).abs().max()) for a, b in zip(out[0][1], out[1][1])) < 1e-12

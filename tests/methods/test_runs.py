@@ -180,3 +180,11 @@ def test_resume_after_a_kill_between_tasks_and_inside_a_task_is_exact(name, meth
         else:
             assert a == b, key
     assert (tmp_path / "cut" / "events.jsonl").read_text() == (tmp_path / "full" / "events.jsonl").read_text()
+
+
+def test_full_finetuning_runs_in_bf16_with_gradient_checkpointing(method_root, tmp_path):
+    out = tmp_path / "bf16"
+    assert main(["run", *cli(method_root, "method.name=zscl", "model.precision=bf16",
+                             "method.finetune.grad_checkpointing=true", "data.order=[Red]"), "--out", str(out)]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["complete"] and all(0 <= a <= 100 for a in r["matrix"][0])
