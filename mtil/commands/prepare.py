@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download-dir", metavar="DIR",
                         help="where torchvision downloads go (default: ROOT/.downloads; kept for re-use)")
     parser.add_argument("--cache-dir", metavar="DIR", help="Hugging Face datasets cache (default: HF's)")
-    parser.add_argument("--max-per-class", type=int, metavar="N", help="keep at most N images per class and split")
+    parser.add_argument("--max-per-class", type=int, metavar="N", help="keep at most N images per class and split "
+                        "(with --captions: per folder, e.g. an ImageNet subset)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing ROOT/<Name>")
     parser.add_argument("--index-base", type=int, choices=(0, 1), default=0,
                         help="numeric class folders are label indices counted from 0 (default) or 1")
@@ -121,7 +122,7 @@ def _reference(args) -> int:
 
     if not args.src:
         raise MtilError("--captions needs --from DIR, the folder of the reference images")
-    images = reference.image_files(args.src)
+    images = reference.image_files(args.src, per_folder=args.max_per_class)
     meta = reference.save_reference(args.root, args.name, images, reference.read_captions(args.captions),
                                     overwrite=args.overwrite, source=f"{args.src} + {args.captions}")
     print(f"prepared reference set {meta['name']}: {meta['images']} images, {meta['captions']} sentences -> "

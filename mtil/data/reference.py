@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -48,13 +49,22 @@ def read_captions(path: str | os.PathLike) -> list[str]:
     return captions
 
 
-def image_files(folder: str | os.PathLike) -> list[Path]:
-    """Every image file under `folder` (recursively), sorted."""
+def image_files(folder: str | os.PathLike, per_folder: int | None = None) -> list[Path]:
+    """Every image file under `folder` (recursively), sorted; with `per_folder`, the first that many of each
+    folder (an ImageNet subset: N images per class folder)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MtilError(f"reference images: '{folder}' is not a folder; give a folder of images with --from")
     found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                    and not p.name.startswith("."))
+    if per_folder is not None:
+        taken: Counter = Counter()
+        kept = []
+        for p in found:
+            if taken[p.parent] < per_folder:
+                taken[p.parent] += 1
+                kept.append(p)
+        found = kept
     if not found:
         raise MtilError(f"no image files under '{folder}' (looked for .jpg, .png, ... recursively)")
     return found

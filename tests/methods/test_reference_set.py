@@ -35,6 +35,9 @@ def test_prepare_a_reference_set_from_any_folder_and_a_captions_file(images_and_
     assert json.loads((root / "Ref" / "mtil.json").read_text())["skipped"] == 1
     assert main(["prepare", "Ref", "--root", str(root), "--from", str(folder), "--captions", str(captions)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+    assert main(["prepare", "Ref", "--root", str(root), "--from", str(folder), "--captions", str(captions),
+                 "--max-per-class", "1", "--overwrite"]) == 0      # the first image of each folder (3 folders)
+    assert len(load_reference(root, "Ref")[0]) == 3
 
 
 @pytest.mark.parametrize("case,expected", [("no-from", "needs --from"), ("no-images", "no image files"),
