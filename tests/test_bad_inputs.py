@@ -17,6 +17,7 @@ import torch
 
 from mtil import config
 from mtil.cli import main
+from mtil.engine import checkpoint
 from mtil.model import moe
 
 HERE = Path(__file__).resolve().parent
@@ -136,7 +137,7 @@ def case_checkpoint_from_another_moe_config(t):
     other = moe.attach(backbone.load("mtil-tiny", None).model, num_experts=4, top_k=2, hidden=8, num_routers=3)
     out = Path(t.out)
     (out / "checkpoints").mkdir(parents=True)
-    torch.save({"format": 1, "adapters": other.adapter_state_dict()}, out / "checkpoints" / "last.pt")
+    torch.save({"format": checkpoint.FORMAT, "adapters": other.adapter_state_dict()}, out / "checkpoints" / "last.pt")
     return tiny(t.data, "--out", t.out, "--resume"), ["shape", "another moe config"]
 
 

@@ -188,3 +188,16 @@ def test_full_finetuning_runs_in_bf16_with_gradient_checkpointing(method_root, t
                              "method.finetune.grad_checkpointing=true", "data.order=[Red]"), "--out", str(out)]) == 0
     r = json.loads((out / "results.json").read_text())
     assert r["complete"] and all(0 <= a <= 100 for a in r["matrix"][0])
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["run", "--set=method.name=ewc"], "'method.name' = 'ewc' is not allowed"),
+    (["run", "--set=method.finetune.lr_per_task.Cars=1e-4"], "'method.finetune.lr_per_task' names Cars"),
+    (["run", "--set=method.wiseft.alpha=1.5"], "'method.wiseft.alpha' = 1.5"),
+    (["compare", "--methods", "finetune,ewc"], "unknown method ewc"),
+])
+def test_bad_method_inputs_are_one_line(argv, expected, method_root, tmp_path, capsys):
+    assert main([*argv, *cli(method_root), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mtil: error: ") and expected in err[0], err
+    assert not (tmp_path / "o").exists()
