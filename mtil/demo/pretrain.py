@@ -335,7 +335,8 @@ def ensure_demo_assets(cache_dir: str | os.PathLike, cfg_section: Mapping | None
         files.write_text(data_stamp, json.dumps(data_key, indent=1))
         log.info("demo data built in %.1f s", time.perf_counter() - t0)
 
-    ref_key = {**_pretrain_key(cfg, seed), "reference": REFERENCE}
+    ref_key = {"version": ASSETS_VERSION, "seed": int(seed), "name": REFERENCE, "mixture": mixture_sizes(cfg),
+               "captions_per_domain": cfg["pretrain"].get("captions_per_domain")}
     if _read_json(ref_stamp) == ref_key and is_reference(data_root, REFERENCE):
         log.info("demo reference set: reusing %s", data_root / REFERENCE)
     else:
