@@ -52,7 +52,8 @@ class MethodFacts:
     @classmethod
     def from_config(cls, cfg) -> "MethodFacts":
         return cls(tuple(cfg.data.order), cfg.train.iterations, cfg.train.batch_size, cfg.train.label_smoothing,
-                   cfg.train.final_step, cfg.seed, cfg.data.num_workers, cfg.data.bad_images, cfg.data.root, cfg.eval.batch_size)
+                   cfg.train.final_step, cfg.seed, cfg.data.num_workers, cfg.data.bad_images, cfg.data.root,
+                   cfg.eval.batch_size)
 
 
 class Method(ABC):

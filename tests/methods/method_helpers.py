@@ -15,8 +15,8 @@ ONE_PROCESS = SimpleNamespace(device=torch.device("cpu"), process_index=0, num_p
 
 
 def facts(**over) -> MethodFacts:
-    base = dict(tasks=("Red", "Green"), iterations=6, batch_size=4, label_smoothing=0.2, final_step=True, seed=0, num_workers=0,
-                bad_images="fail", data_root="unused", eval_batch_size=16)
+    base = dict(tasks=("Red", "Green"), iterations=6, batch_size=4, label_smoothing=0.2, final_step=True, seed=0,
+                num_workers=0, bad_images="fail", data_root="unused", eval_batch_size=16)
     return MethodFacts(**{**base, **over})
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mtil import config
 from mtil.data import pipeline
-from mtil.methods.distill import distillation_loss, frozen_copy, text_features
+from mtil.methods.distill import distillation_loss, text_features
 from mtil.methods.finetune import FineTune
 from mtil.methods.icarl import herding
 from mtil.methods.lwf import LwF

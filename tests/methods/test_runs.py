@@ -10,7 +10,6 @@ from mtil.cli import main
 from mtil.engine import evaluate
 from mtil.engine.run import Run
 from mtil.methods import METHODS
-from mtil.methods.icarl import ICaRL
 from mtil.methods.wiseft import WiSEFT
 from mtil.methods.zscl import ZSCL
 
@@ -182,7 +181,16 @@ def test_resume_after_a_kill_between_tasks_and_inside_a_task_is_exact(name, meth
     assert (tmp_path / "cut" / "events.jsonl").read_text() == (tmp_path / "full" / "events.jsonl").read_text()
 
 
-def test_full_finetuning_runs_in_bf16_with_gradient_checkpointing(method_root, tmp_path):
+@pytest.fixture()
+def fresh_accelerate_state():
+    """accelerate keeps one mixed-precision state per process: a bf16 run after fp32 runs needs a reset."""
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_full_finetuning_runs_in_bf16_with_gradient_checkpointing(method_root, tmp_path, fresh_accelerate_state):
     out = tmp_path / "bf16"
     assert main(["run", *cli(method_root, "method.name=zscl", "model.precision=bf16",
                              "method.finetune.grad_checkpointing=true", "data.order=[Red]"), "--out", str(out)]) == 0
