@@ -3,10 +3,10 @@ is resumed, reused or averaged.
 
 A record (`record(cfg, datasets)`) holds
   * `config`: the resolved config the run was started with, and `config_sha256`: the hash of its *identity*, the
-    keys that can change a number. Left out of the identity: where things lie (LOCATIONS: `data.root`,
-    `model.pretrained`; their content is recorded instead, so a data root or a cache moved to another path keeps
-    its provenance) and the keys that change no number (NEUTRAL; `eval.batch_size` too, unless the task selector
-    decides per evaluation batch);
+    keys that can change a number. Left out of the identity: where things lie or how they were found (LOCATIONS:
+    `data.root`, `model.pretrained`, `data.demo`; their content is recorded instead, so a data root or a cache
+    moved to another path keeps its provenance) and the keys that change no number (NEUTRAL; `eval.batch_size`
+    too, unless the task selector decides per evaluation batch);
   * `backbone`: what `model.pretrained` loaded: the sha256 of the weights file (of every file of a `local-dir:`
     folder), the open_clip tag, or random initialisation;
   * `datasets`: per dataset of `data.order`, the fingerprint `mtil prepare` recorded (row counts, class list and
@@ -31,7 +31,7 @@ from .errors import MtilError
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-LOCATIONS = ("data.root", "model.pretrained")
+LOCATIONS = ("data.root", "model.pretrained", "data.demo")   # data.demo: assets built into the cache
 NEUTRAL = ("data.num_workers", "eval.pixel_cache_mb", "output.plots", "train.log_every")
 GROUPING_IGNORES = ("seed", "threads")   # what may differ between the seeds of one row of `mtil report`
 _CHUNK = 1 << 20

@@ -118,7 +118,8 @@ def _unique_labels(groups: list[Group]) -> None:
         # a dataset only some groups use differs by data.order already
         keys = [k for k in keys if not (k.startswith("dataset.") and any(k not in f for f in flat))] or keys
         for g, f in zip(same, flat):
-            shown = [k for k in keys if k not in ("data.order", "policy.name")] or keys
+            own = [k for k in keys if k in f] or keys      # what this group sets (another may not have the key)
+            shown = [k for k in own if k not in ("data.order", "policy.name")] or own
             g.label = f"{label} ({', '.join(f'{k}={f.get(k)}' for k in shown)})" if shown else label
     labels = [g.label for g in groups]
     for i, g in enumerate(groups):
