@@ -137,7 +137,7 @@ def case_checkpoint_from_another_moe_config(t):
     out = Path(t.out)
     (out / "checkpoints").mkdir(parents=True)
     torch.save({"format": 2, "provenance": provenance.record(other),
-                "progress": {"task": 0, "phase": "train", "step": 2, "global_step": 2}},
+                "progress": {"task": 0, "phase": "train", "step": 2, "global_step": 2}, "rows": []},
                out / "checkpoints" / "last.pt")
     return tiny(t.data, "--out", t.out, "--resume"), ["cannot resume", "moe.num_experts: 4 there, 6 now"]
 

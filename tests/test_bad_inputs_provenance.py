@@ -810,8 +810,11 @@ def test_ctrl_c_during_a_checkpoint_write_exits_130_and_leaves_the_file_whole(st
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "MTIL_TEST_SLOW_WRITE": "last.pt", "PYTHONPATH": os.pathsep.join([str(hooks),
                                                                              str(Path(__file__).resolve().parents[1])])}
+    # SIGINT back to its default in the child (a shell starts background jobs with it ignored; Python then keeps
+    # ignoring it instead of raising KeyboardInterrupt)
     child = subprocess.Popen([sys.executable, "-m", "mtil", "run", *tiny(stream_root, *RUN_ONE, "--out", str(out))],
-                             stderr=subprocess.PIPE, text=True, env=env)
+                             stderr=subprocess.PIPE, text=True, env=env,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in child.stderr:
         if "TEST-IN-WRITE" in line:
             break
