@@ -5,7 +5,9 @@ Evaluator.row -> results + checkpoint (atomic) -> metrics.summarize. Checkpoints
 scheduler, RNG states, tracker and policy state (never the frozen backbone) and the phase reached, so
 `resume=True` continues mid-task, after training, or after evaluation and ends with the same matrix.
 
-Run directory: config.yaml (resolved), results.json, events.jsonl, usage.npz, checkpoints/last.pt, figures/.
+Run directory: config.yaml (resolved), results.json, events.jsonl, usage.npz, checkpoints/last.pt, figures/,
+.mtil.lock (mtil.rundir.claim). results.json and every checkpoint hold the run's provenance record
+(mtil.provenance); --resume continues only a checkpoint whose record is this run's.
 """
 from __future__ import annotations
 
