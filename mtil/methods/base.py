@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import dataset_key
 from ..data.pipeline import TaskData
 from ..model.moe import AdaptedCLIP
 from ..policies import TrainContext
@@ -135,6 +136,13 @@ class Method(ABC):
 
     def load_state_dict(self, state: dict) -> None:
         self._events = list(state["events"])
+
+
+def rate_of(task: str, default: float, per_task: dict) -> float:
+    """Task `task`'s learning rate from a per-task table whose names follow `config.dataset_key`'s rule (registered
+    aliases, case and punctuation: `Cars` in the table is the task StanfordCars)."""
+    by_key = {dataset_key(n): lr for n, lr in per_task.items()}
+    return float(by_key.get(dataset_key(task), default))
 
 
 def build(cfg) -> Method:

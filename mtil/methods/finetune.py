@@ -20,7 +20,7 @@ from torch import nn
 
 from ..model import moe
 from ..policies import TrainContext
-from .base import Method, MethodFacts, register
+from .base import Method, MethodFacts, rate_of, register
 
 TRAIN_MODES = ("whole", "image")
 
@@ -102,7 +102,7 @@ class FineTune(Method):
 
     # ---- one task -------------------------------------------------------------------------------------------
     def lr_of(self, task: str) -> float:
-        return float(self.lr_per_task.get(task, self.lr))
+        return rate_of(task, self.lr, self.lr_per_task)
 
     def lr_key(self, task: str) -> str:
         return f"method.finetune.lr_per_task.{task}"

@@ -19,7 +19,7 @@ from ..engine.slice_guard import SliceGuard
 from ..model import moe
 from ..model.usage import UsageTracker
 from ..policies import Policy, TrainContext
-from .base import Method, MethodFacts, register
+from .base import Method, MethodFacts, rate_of, register
 
 
 @register("moe")
@@ -57,7 +57,7 @@ class MoE(Method):
         return self.model
 
     def lr_of(self, task: str) -> float:
-        return float(self.lr_per_task.get(task, self.lr))
+        return rate_of(task, self.lr, self.lr_per_task)
 
     def lr_key(self, task: str) -> str:
         return f"train.lr_per_task.{task}"
