@@ -10,6 +10,7 @@ from mtil.cli import main
 from mtil.engine import evaluate
 from mtil.engine.run import Run
 from mtil.methods import METHODS
+from mtil.methods import build as build_method
 from mtil.methods.wiseft import WiSEFT
 from mtil.methods.zscl import ZSCL
 
@@ -200,7 +201,7 @@ def test_full_finetuning_runs_in_bf16_with_gradient_checkpointing(method_root, t
 
 @pytest.mark.parametrize("argv,expected", [
     (["run", "--set=method.name=ewc"], "'method.name' = 'ewc' is not allowed"),
-    (["run", "--set=method.finetune.lr_per_task.Cars=1e-4"], "'method.finetune.lr_per_task' names Cars"),
+    (["run", "--set=method.finetune.lr_per_task.Carz=1e-4"], "'method.finetune.lr_per_task' names Carz"),
     (["run", "--set=method.wiseft.alpha=1.5"], "'method.wiseft.alpha' = 1.5"),
     (["compare", "--methods", "finetune,ewc"], "unknown method ewc"),
 ])
@@ -209,3 +210,12 @@ def test_bad_method_inputs_are_one_line(argv, expected, method_root, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mtil: error: ") and expected in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_baselines_lr_table_may_name_registered_datasets_outside_the_order(method_root):
+    """ZSCL's table (Aircraft and MNIST 5e-5) serves every order and sub-order; a name that is no dataset is an error."""
+    cfg = config.load(None, overrides(method_root, "method.name=finetune",
+                                      "method.finetune.lr_per_task={Aircraft: 5.0e-5, Red: 2.0e-4}"))
+    method = build_method(cfg)
+    assert method.lr_of("Red") == 2e-4 and method.lr_of("Green") == 1e-3
+    assert method.lr_key("Red") == "method.finetune.lr_per_task.Red"
