@@ -99,11 +99,10 @@ def params_markdown(rows: list[dict], chunks: int) -> str:
 
 
 def make_optimizer(model: torch.nn.Module, tcfg, old: torch.optim.Optimizer | None = None):
-    """An optimizer over all the model's parameters, as the reference builds it at every chunk start. A
-    parameter steps only when it holds a gradient: experts / columns not yet used never get one; frozen ones
-    keep the last gradient they got while train.zero_grad is false (as in the reference, where they drift until
-    clipping has shrunk it away), none when it is true. With train.keep_optimizer_state, parameters keep the
-    state they had in `old`."""
+    """An optimizer over all the model's parameters, frozen ones included, as the reference builds it at every
+    chunk start. A parameter steps only when it holds a gradient: experts / columns not yet used never get one;
+    frozen ones keep their last one under train.gradients=scaler (see `update`). With
+    train.keep_optimizer_state, parameters keep the state they had in `old`."""
     params = list(model.parameters())
     if tcfg.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, foreach=True)
@@ -119,6 +118,36 @@ def make_optimizer(model: torch.nn.Module, tcfg, old: torch.optim.Optimizer | No
             if p in old.state:
                 opt.state[p] = old.state[p]
     return opt
+
+
+def make_scaler(tcfg, device: torch.device) -> torch.amp.GradScaler | None:
+    """The reference's GradScaler, built afresh at every chunk start (None with train.gradients=fresh)."""
+    if tcfg.gradients == "fresh":
+        return None
+    s = tcfg.scaler
+    return torch.amp.GradScaler(device.type, init_scale=s.init_scale, growth_factor=s.growth_factor,
+                                backoff_factor=s.backoff_factor, growth_interval=s.growth_interval)
+
+
+def update(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+           loss: torch.Tensor, clip: float | None) -> None:
+    """One training update. With a scaler, the reference trainer's step: gradients are never cleared; the scaled
+    loss is backpropagated onto them, `unscale_` divides every gradient the optimizer holds (yesterday's included)
+    by the scale, the global norm is clipped, the step is skipped on an inf / nan and the scale updated. Without
+    one, gradients are set to None first (fresh gradients; frozen parameters hold none and never move)."""
+    if scaler is None:
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if scaler is None:
+        opt.step()
+    else:
+        scaler.step(opt)
+        scaler.update()
 
 
 def warmup_lr(tcfg, step_in_chunk: int, steps_per_chunk: int) -> float:
@@ -216,6 +245,7 @@ def run_one(cfg, name: str, seed: int, data: Data) -> dict:
             model.mlp.grow()
             model.mlp.to(device)
         opt = make_optimizer(model, tcfg, old=opt)  # a fresh one per chunk, as the reference
+        scaler = make_scaler(tcfg, device)
         batches = stream.batches(c, bs, sampler)
         acc_sum = torch.zeros((), device=device)
         loss_sum = torch.zeros((), device=device)
@@ -233,12 +263,7 @@ def run_one(cfg, name: str, seed: int, data: Data) -> dict:
                 logits = model(x).float()
                 loss = F.cross_entropy(logits, y)
                 extra = model.mlp.extra_loss()
-            if tcfg.zero_grad:
-                model.zero_grad(set_to_none=True)
-            (loss if extra is None else loss + extra).backward()
-            if tcfg.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_grad_norm)
-            opt.step()
+            update(model, opt, scaler, loss if extra is None else loss + extra, tcfg.clip_grad_norm)
             step += 1
             acc_sum += (logits.detach().argmax(1) == y).sum()
             loss_sum += loss.detach() * len(y)
