@@ -359,7 +359,8 @@ def test_prepared_format_end_to_end(tmp_path):
     code = cli.main(["plasticity", "plasticity/tinyimagenet.yaml", "--methods", "net2wider,pnn", "--out", str(out),
                      "--set", f"data.root={tmp_path}", "--set", "data.num_classes=3", "--set", "data.image_size=8",
                      "--set", "study.chunks=2", "--set", "study.steps_per_chunk=2", "--set", "train.batch_size=8",
-                     "--set", "methods.net2wider.hidden=8", "--set", "methods.pnn.hidden=4"])
+                     "--set", "methods.net2wider.hidden=8", "--set", "methods.pnn.hidden=4",
+                     "--set", "diagnostics.probe_size=8"])
     assert code == 0
     run = json.loads((out / "results.json").read_text())["runs"]["pnn-seed0"]
     assert [c["chunk"] for c in run["chunks"]] == [1, 2]
