@@ -10,7 +10,7 @@ import torch
 from mtil import cli
 from mtil.errors import MtilError
 from mtil.plasticity import methods as registry
-from mtil.plasticity import pilot, study
+from mtil.plasticity import cost, pilot, study
 from mtil.plasticity.diagnostics import dead_fraction, effective_rank
 from mtil.plasticity.glyphs import CHARACTERS, render
 from mtil.plasticity.stream import ChunkStream
@@ -140,3 +140,13 @@ def test_glyphs_are_seeded_class_major_and_distinct():
     assert len(CHARACTERS) >= 200 and len(set(CHARACTERS)) == len(CHARACTERS)
     with pytest.raises(MtilError, match="classes"):
         render(len(CHARACTERS) + 1, 1, 16)
+
+
+def test_cost_table_projects_every_method(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    assert cost.main([str(config), "--steps", "1", "--set", "study.methods=[no_expansion,pnn]"]) == 0
+    out = capsys.readouterr().out
+    assert "| No Expansion |" in out and "| Progressive NN |" in out and "All 2 methods x 1 seed(s)" in out
+    assert cost.main([str(config), "--set", "train.lrr=1"]) == 2
+    assert capsys.readouterr().err.startswith("mtil: error:")
