@@ -358,7 +358,8 @@ def summarize(records: dict, methods: list[str], seeds: list[int]) -> dict:
                  "mlp_active_params": [ch["mlp_active_params"] for ch in runs[0]["chunks"]],
                  "steps": runs[0]["steps"]}
         keys = ["acc_seen", "acc_new", "gap", "fresh_acc_new", "eff_rank"]
-        for key, values in [(k, per_chunk(k)) for k in keys] + [("train_acc", [r["train_acc"] for r in runs])]:
+        for key, values in [(k, per_chunk(k)) for k in keys] + [("chunk_train_acc", per_chunk("train_acc")),
+                                                                ("train_acc", [r["train_acc"] for r in runs])]:
             if any(v is not None for run in values for v in (run if isinstance(run, list) else [run])):
                 entry[f"{key}_mean"], entry[f"{key}_std"] = _bands(values)
         layers = list(runs[0]["chunks"][0].get("dead", {}))
@@ -385,6 +386,7 @@ def table_markdown(summary: dict, chunks: int) -> str:
     parts = []
     for key, title in (("acc_seen", "Accuracy (%) on all examples seen so far (chunks 1..c), at the end of chunk c"),
                        ("acc_new", "Accuracy (%) on the newest chunk c alone, at the end of chunk c"),
+                       ("chunk_train_acc", "Training accuracy (%) over the last logged window of chunk c's batches"),
                        ("gap", "Plasticity gap (points): a fresh copy's accuracy on chunk c minus the continued "
                                "model's, at the end of chunk c")):
         rows = [f"| {s['label']} | " + " | ".join(_cell(m, sd, len(s["seeds"])) for m, sd in
