@@ -2,11 +2,15 @@
 
 Every number is recomputed from each run's accuracy matrix (`metrics.summarize`), never read from the summary
 values stored beside it, and rounded as the published tables are (ZSCL's `np.around(x, 1)`: x * 10 rounded half
-to even, so a transfer of 65.35 prints 65.4). Runs whose resolved configs differ only in `seed` (and paths)
-form one group; a group of several seeds shows mean ± sample std (ddof=1). Each task stream gets its own tables;
-published rows (`mtil/references.yaml`, ViT-B/16) are those of the MTIL order the stream is (none for another
-stream, such as the demo's), and are always labelled as published. The per-dataset table has a Transfer, an Avg
-and a Last row per group and an Average column, as ZSCL's and MoE-Adapters' appendices print.
+to even, so a transfer of 65.35 prints 65.4). A matrix entry outside [0, 100] (NaN included) is refused. Runs form
+one group when their provenance records (`mtil.provenance`, in results.json) agree on everything but the seed
+(and `threads`): config identity, backbone content, dataset content; never by folder name. A run without a record
+(written by an earlier mtil) is grouped by its config.yaml, paths compared as paths, and one without either is
+reported alone; the output says so in a note. A group of several seeds shows mean ± sample std (ddof=1); its
+`seeds` is the number of runs its numbers come from. Each task stream gets its own tables; published rows
+(`mtil/references.yaml`, ViT-B/16) are those of the MTIL order the stream is (none for another stream, such as
+the demo's), and are always labelled as published. The per-dataset table has a Transfer, an Avg and a Last row
+per group and an Average column, as ZSCL's and MoE-Adapters' appendices print.
 
 A run directory given twice (or given and found again under a given folder) counts once. A run given on the
 command line that is unfinished, or a path that holds no run, is an error; unfinished runs found under a folder
@@ -18,52 +22,40 @@ import csv
 import io
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from . import metrics, rundir
+from . import metrics, provenance, rundir
 from .config import flatten
 from .errors import MtilError
 from .rundir.layout import RunDir
+from .rundir.read import OtherKind
 
 log = logging.getLogger(__name__)
 
 METRICS = ("transfer", "avg", "last", "bwt", "forgetting")   # published rows have the first three
 HEADERS = {"transfer": "Transfer", "avg": "Avg", "last": "Last", "bwt": "BWT", "forgetting": "Forgetting"}
 PER_DATASET = ("transfer", "avg", "last")
-IGNORED_KEYS = ("seed", "data.root", "model.pretrained", "data.num_workers", "eval.batch_size", "output.plots",
-                "eval.pixel_cache_mb", "train.log_every", "threads")
 
 
 @dataclass
 class Group:
     label: str
     tasks: list[str]
-    config: dict = field(default_factory=dict)          # the resolved config without IGNORED_KEYS
+    config: dict = field(default_factory=dict)          # flat: what the runs share (provenance.group_config)
     runs: list[dict] = field(default_factory=list)      # results.json contents, metrics recomputed from the matrix
     dirs: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)      # runs grouped without a provenance record, and how
 
     def values(self, key: str, dataset: str | None = None) -> np.ndarray:
         if dataset is None:
             return np.array([r[key] for r in self.runs], dtype=float)
         return np.array([r["per_dataset"][dataset][key] if r["per_dataset"][dataset][key] is not None else np.nan
                          for r in self.runs], dtype=float)
-
-
-def stripped_config(cfg: dict) -> dict:
-    """The config without the keys that may differ within one group of seeds."""
-    cfg = json.loads(json.dumps(cfg))
-    for dotted in IGNORED_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = cfg
-        for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return cfg
 
 
 def run_dirs(paths: list[str | Path]) -> tuple[dict[Path, dict], list[Path]]:
@@ -91,7 +83,11 @@ def run_dirs(paths: list[str | Path]) -> tuple[dict[Path, dict], list[Path]]:
             if d.resolve() in seen:
                 continue
             seen.add(d.resolve())
-            results = rundir.read_results(d)
+            try:
+                results = rundir.read_results(d)
+            except OtherKind as e:   # found under a folder (one given directly has failed above)
+                log.warning("report: %s; left out", e)
+                continue
             if results.get("complete"):
                 found[d] = results
             else:
@@ -119,8 +115,11 @@ def _unique_labels(groups: list[Group]) -> None:
             continue
         flat = [flatten(g.config) for g in same]
         keys = sorted({k for f in flat for k in f if any(f.get(k) != o.get(k) for o in flat)})
+        # a dataset only some groups use differs by data.order already
+        keys = [k for k in keys if not (k.startswith("dataset.") and any(k not in f for f in flat))] or keys
         for g, f in zip(same, flat):
-            shown = [k for k in keys if k not in ("data.order", "policy.name")] or keys
+            own = [k for k in keys if k in f] or keys      # what this group sets (another may not have the key)
+            shown = [k for k in own if k not in ("data.order", "policy.name")] or own
             g.label = f"{label} ({', '.join(f'{k}={f.get(k)}' for k in shown)})" if shown else label
     labels = [g.label for g in groups]
     for i, g in enumerate(groups):
@@ -128,17 +127,56 @@ def _unique_labels(groups: list[Group]) -> None:
             g.label = f"{g.label} #{labels[:i + 1].count(g.label)}"
 
 
+def _label(cfg: dict) -> str:
+    """What a group is called: its policy (or zero-shot: no adapters at all); differing keys are added later."""
+    if (cfg.get("eval") or {}).get("mode") == "zero-shot":
+        return "zero-shot"
+    return str((cfg.get("policy") or {}).get("name", "?"))
+
+
+def _grouping(d: Path, stored: dict) -> tuple[str, dict, str, str | None]:
+    """(group key, flat config shown, label, note) of one finished run."""
+    rec = provenance.of_results(stored, RunDir(d).results)
+    if rec is not None:
+        return "record:" + provenance.group_key(rec), provenance.group_config(rec), _label(rec["config"]), None
+    cfg = rundir.read_config(d)
+    if cfg:
+        flat = provenance.identity(cfg, provenance.GROUPING_IGNORES)
+        flat.update({k: v for k, v in flatten(cfg).items() if k in provenance.LOCATIONS})
+        return ("config:" + provenance.sha256(flat), flat, _label(cfg),
+                f"{d} has no provenance record (written by an earlier mtil): grouped by its config.yaml, with "
+                f"data.root and model.pretrained compared as paths, not content")
+    return (f"alone:{d.resolve()}", {}, d.name,
+            f"{d} records no config (no provenance record, no config.yaml): reported alone, as '{d.name}'")
+
+
+def _seed(stored: dict, d: Path):
+    rec = stored.get("provenance")
+    if isinstance(rec, dict) and isinstance(rec.get("config"), dict):
+        return rec["config"].get("seed")
+    return rundir.read_config(d).get("seed", stored.get("seed"))
+
+
 def group_runs(paths: list[str | Path]) -> list[Group]:
     found, _ = run_dirs(paths)
     groups: dict[str, Group] = {}
+    seeds: dict[str, dict] = {}   # group key -> seed -> the run directory counted for it
     for d, stored in found.items():
-        results, cfg = recomputed(stored), stripped_config(rundir.read_config(d))
-        key = json.dumps(cfg, sort_keys=True) + json.dumps(results["tasks"])
+        results = recomputed(stored)
+        key, flat, label, note = _grouping(d, stored)
+        key += json.dumps(results["tasks"])
         if key not in groups:
-            label = d.name.split("-seed")[0] if "-seed" in d.name else d.name
-            groups[key] = Group(label, results["tasks"], cfg)
-        groups[key].runs.append(results)
-        groups[key].dirs.append(d)
+            groups[key], seeds[key] = Group(label, results["tasks"], flat), {}
+        seed = _seed(stored, d)
+        if seed is not None and seed in seeds[key]:
+            note = f"{d} repeats seed {seed} of {seeds[key][seed]} with the same config, backbone and data: left out"
+        else:
+            seeds[key][seed if seed is not None else d] = d
+            groups[key].runs.append(results)
+            groups[key].dirs.append(d)
+        if note:
+            log.warning("report: %s", note)
+            groups[key].notes.append(note)
     out = list(groups.values())
     _unique_labels(out)
     return out
@@ -216,15 +254,28 @@ def _csv(parts: list[tuple[list[dict], list[dict]]]) -> str:
     return buf.getvalue()
 
 
+def _finite(obj):
+    """obj with every non-finite float as None (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def render(paths: list[str | Path], fmt_name: str = "md") -> str:
     if fmt_name not in ("md", "csv", "json"):
         raise MtilError(f"unknown report format '{fmt_name}'; use md, csv or json")
     groups = group_runs(paths)
     parts = [(table(s), per_dataset(s)) for s in streams(groups)]
+    notes = [n for g in groups for n in g.notes]
     if fmt_name == "json":
-        return json.dumps({"table": [r for main, _ in parts for r in main],
-                           "per_dataset": [r for _, ds in parts for r in ds],
-                           "runs": {g.label: [str(d) for d in g.dirs] for g in groups}}, indent=2)
+        return json.dumps(_finite({"table": [r for main, _ in parts for r in main],
+                                   "per_dataset": [r for _, ds in parts for r in ds],
+                                   "runs": {g.label: [str(d) for d in g.dirs] for g in groups},
+                                   "notes": notes}), indent=2, allow_nan=False)
     if fmt_name == "csv":
         return _csv(parts)
     lines = []
@@ -241,4 +292,5 @@ def render(paths: list[str | Path], fmt_name: str = "md") -> str:
             lines.append(f"| {r['method']} | {HEADERS[r['metric']]} | "
                          + " | ".join(r[d] for d in [*tasks, "Average"]) + " |")
         lines.append("")
+    lines += [f"note: {n}" for n in notes]
     return "\n".join(lines).rstrip("\n")

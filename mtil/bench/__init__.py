@@ -6,7 +6,7 @@ and the ratio stays meaningful where a raw time does not. On a CPU device the cl
 (time spent waiting for a core shared with other jobs is not counted); on CUDA it is wall time. What is measured
 (see `benchmarks/README.md`):
 
-1. `train`: one training step (forward + backward + AdamW step with the `SliceGuard`, frozen backbone, both
+1. `train`: one training step (forward + backward + `SlotAdamW` step with the `SliceGuard`, frozen backbone, both
    towers adapted, CLIP logits against `classes` prompts, label-smoothed cross-entropy) with MoE adapters
    (`experts`, `top_k`, `hidden`) vs the same step with one dense adapter per block (1 expert, top-1, same
    hidden, through the same `MoEAdapter` code), vs a plain bottleneck adapter (no router, no gather), vs the
@@ -19,12 +19,15 @@ and the ratio stays meaningful where a raw time does not. On a CPU device the cl
    process's resident set, sampled by a thread while the step runs, after returning freed heap to the system).
 5. `scaling`: step time and memory vs the number of experts and vs top-k.
 
+6. `optimizer`: one `SlotAdamW` step (slot masks from one batch's routing, as the Trainer runs it) vs torch's
+   `AdamW(foreach=True)` (and `fused=True` on CUDA) on the ViT-B-16 adapter parameter set (`optimizer_model`).
+
 With CUDA and ViT-B-16, `projection` extrapolates the wall time of MTIL Order I from the measured step time
 and evaluation throughput. Library code: it logs and returns a dict; `mtil bench` prints it.
 
 Modules: `settings` (what to measure), `timing` (interleaved rounds, ratios), `memory` (peak memory),
 `baselines` (the plain adapter), `dispatch` (the reference per-expert loop), `steps` (models and step closures),
-`sections` (train, memory, dispatch, scaling), `evaluation` (eval), `projections` (targets, Order I projection),
+`sections` (train, memory, dispatch, scaling), `optimizer` (the optimizer step), `evaluation` (eval), `projections` (targets, Order I projection),
 `runner` (`run`, `profile_step`).
 """
 from .dispatch import reference_dispatch

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import MtilError
 from .evaluation import bench_eval
+from .optimizer import bench_optimizer
 from .projections import check_targets, projection
 from .sections import bench_dispatch, bench_memory, bench_scaling, bench_train
 from .settings import SECTIONS, Settings, resolve_model
@@ -72,6 +73,9 @@ def run(settings: Settings | None = None, **overrides) -> dict:
         log.info("bench: scaling with experts and top-k")
         result["scaling"] = bench_scaling(f, variants["moe"] if variants else None)
     del variants
+    if "optimizer" in s.sections:
+        log.info("bench: SlotAdamW step vs torch's AdamW on the %s adapter parameter set", s.optimizer_model)
+        result["optimizer"] = bench_optimizer(s, device)
     if device.type == "cuda" and result["settings"]["model"] == "ViT-B-16":
         result["projection"] = projection(result)
     result["targets"] = check_targets(result)

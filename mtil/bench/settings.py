@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MODEL_ALIASES = {"tiny": "mtil-tiny", "mid": "mtil-mid", "vit-b-16": "ViT-B-16", "vit-b/16": "ViT-B-16"}
-SECTIONS = ("train", "dispatch", "eval", "memory", "scaling")
+SECTIONS = ("train", "dispatch", "eval", "memory", "scaling", "optimizer")
 
 
 @dataclass
@@ -36,6 +36,7 @@ class Settings:
     eval_train: int = 64            # training images per task (selector fit)
     eval_batch: int = 128
     eval_rounds: int | None = 5     # None: rounds (an evaluation round is long: fewer of them)
+    optimizer_model: str = "ViT-B-16"   # the adapter parameter set of the optimizer section (config only, no backbone)
     seed: int = 0
     extra: dict = field(default_factory=dict)
 

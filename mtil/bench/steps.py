@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine import optimizer as optim
 from ..engine.slice_guard import SliceGuard
 from ..errors import MtilError
 from ..model import backbone, moe
@@ -76,11 +77,14 @@ class StepFactory:
         return model
 
     def train_step(self, model: nn.Module, params: list, route: int | None = 0) -> Callable[[], float]:
-        """forward + backward + AdamW step (+ SliceGuard for MoE models), as `Trainer.fit` runs it."""
-        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+        """forward + backward + AdamW step, as `Trainer.fit` runs it: MoE models with `SlotAdamW` and the
+        `SliceGuard`'s slot masks, the plain adapter with torch's AdamW."""
         if isinstance(model, moe.AdaptedCLIP):
+            opt = optim.build_optimizer(model, 1e-4, 0.0)
             SliceGuard(model, opt, route)
             model.routing.tracking = True
+        else:
+            opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
         model.train()
         cast = autocast(self.device, self.s.precision)
         images, tokens, labels = self.images, self.tokens, self.labels

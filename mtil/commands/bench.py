@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
                    "ratios; wall time on CUDA")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--sections", default=None, help="comma-separated subset of the sections (train, dispatch, eval, "
-                   "memory, scaling: mtil.bench.SECTIONS); default all")
+                   "memory, scaling, optimizer: mtil.bench.SECTIONS); default all")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
     p.add_argument("--profile", choices=["moe", "dense", "plain"], default=None,
@@ -89,6 +89,15 @@ def render(r: dict) -> list[str]:
             lines += ["", f"scaling with {axis}: step s, vs reference, peak MiB"]
             lines += [f"  {row[axis]:>3}   {row['step_s']:.4f}   {_f(row['over_reference'])}   "
                       f"{_f(row.get('peak_delta_mb'), 1)}" for row in rows]
+    if "optimizer" in r:
+        o = r["optimizer"]
+        lines += ["", f"optimizer step on the {o['model']} adapter set ({o['tensors']} tensors, {o['values'] / 1e6:.1f}M "
+                  f"values, {o['experts_stepped']}/{o['expert_slots']} expert slots stepped), median s",
+                  f"  SlotAdamW (slot masks)         {o['slot_s']:.4f}",
+                  f"  torch AdamW(foreach=True)      {o['torch_foreach_s']:.4f}"
+                  + (f"\n  torch AdamW(fused=True)        {o['torch_fused_s']:.4f}" if "torch_fused_s" in o else ""),
+                  f"  SlotAdamW / torch foreach      {o['slot_over_torch']:.3f}   IQR {_iqr(o.get('slot_over_torch_iqr'))}"
+                  "   (target <= 1.2)"]
     if r.get("projection"):
         p = r["projection"]
         lines += ["", f"projected MTIL Order I: training {p['train_hours']:.2f} h "

@@ -8,6 +8,7 @@ parameter-matching table and trains nothing.
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..errors import MtilError
 
@@ -42,6 +43,8 @@ def execute(args) -> int:
     if args.params:
         print(study.params_markdown(study.param_rows(cfg, methods), cfg.study.chunks))
         return 0
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise MtilError(f"--out '{args.out}' is a file, not a folder; choose another --out")
     result = study.run_study(cfg, args.out, methods, seeds)
     print(result.table)
     if result.skipped:

@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default="data", help="data root; the dataset goes to ROOT/<Name> (default: data)")
     parser.add_argument("--list", action="store_true", help="list registered datasets and what is prepared under --root")
     parser.add_argument("--check", action="store_true",
-                        help="check that ROOT/<Name> loads (both splits, class names) instead of preparing it")
+                        help="check that ROOT/<Name> loads (both splits, class names) and is what mtil prepare "
+                        "recorded (row counts, class list, content hash) instead of preparing it")
     parser.add_argument("--from", dest="src", metavar="DIR", help="local image folder, archive, or torchvision root")
     parser.add_argument("--split-from", metavar="FILE",
                         help="JSON {\"train\": [...], \"test\": [...]} of image paths relative to --from "
@@ -98,7 +99,8 @@ def _check(root: str, name: str) -> int:
 
     info = prepared.load_info(root, name)
     splits = {split: prepared.load_split(root, name, split) for split in prepared.SPLITS}
-    prepared.check_consistent(root, name, info.classnames, splits)
+    prepared.check_consistent(root, name, info.classnames, splits)   # rows and class lists as recorded, too
+    fp = prepared.verify_content(root, name)                          # the data files' bytes re-hashed
     parts = []
     for split, ds in splits.items():
         labels = ds["label"]
@@ -106,6 +108,9 @@ def _check(root: str, name: str) -> int:
         first = ds[0]["image"]
     print(f"{info.name}: {info.num_classes} classes, {', '.join(parts)}; {len(info.templates)} templates; "
           f"first test image {first.size[0]}x{first.size[1]} {first.mode} -> ok")
+    content = ", ".join(f"{s} sha256 {e['sha256'][:12]}" for s, e in fp["splits"].items())
+    how = "as mtil prepare recorded" if fp["recorded"] else "no record to check against: prepared by hand or an earlier mtil"
+    print(f"  content: {content} ({how})")
     return 0
 
 

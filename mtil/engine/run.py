@@ -5,10 +5,13 @@ Evaluator.row -> results + checkpoint (atomic) -> metrics.summarize. Checkpoints
 scheduler, RNG states, tracker and policy state (never the frozen backbone) and the phase reached, so
 `resume=True` continues mid-task, after training, or after evaluation and ends with the same matrix.
 
-Run directory: config.yaml (resolved), results.json, events.jsonl, usage.npz, checkpoints/last.pt, figures/.
+Run directory: config.yaml (resolved), results.json, events.jsonl, usage.npz, checkpoints/last.pt, figures/,
+.mtil.lock (mtil.rundir.claim). results.json and every checkpoint hold the run's provenance record
+(mtil.provenance); --resume continues only a checkpoint whose record is this run's.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -17,23 +20,21 @@ from pathlib import Path
 
 import torch
 
-from .. import config, metrics, policies, rundir
+from .. import config, metrics, policies, provenance, rundir
 from ..config import Config
 from ..data import pipeline
 from ..errors import MtilError, NonFiniteLoss
 from ..model import backbone, moe
 from ..model.usage import UsageTracker
 from ..rundir import files
+from ..rundir.claim import Claim, claim
 from ..rundir.layout import CHECKPOINT, RunDir
 from . import checkpoint
 from .evaluate import Evaluator
+from .selector import check_sizes
 from .train import Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
-# keys that may differ between the run that wrote a checkpoint and the run that resumes it (the data and
-# backbone paths: a run directory moved to another machine or MTIL_CACHE, the demo's cached assets included)
-RESUME_MAY_CHANGE = {"data.root", "data.num_workers", "eval.batch_size", "eval.pixel_cache_mb", "output.plots",
-                     "train.log_every", "model.pretrained"}
 
 
 def versions() -> dict:
@@ -46,35 +47,38 @@ def versions() -> dict:
     return out
 
 
-def check_compatible(saved: dict, current: Config, progress: dict | None = None) -> None:
-    """Refuse a resume whose config differs from the run's, except RESUME_MAY_CHANGE and, at a task boundary,
-    train.lr_per_task of the tasks not started yet (the way on after a NaN loss)."""
-    old, new = config.flatten(saved), config.flatten(config.unwrap(current))
-    may_change = set(RESUME_MAY_CHANGE)
-    if progress is not None and progress["phase"] == "train" and progress["step"] == 0:
-        may_change |= {f"train.lr_per_task.{n}" for n in current.data.order[progress["task"]:]}
-    for key in sorted(set(old) | set(new)):
-        if key in may_change or any(key.startswith(k + ".") for k in RESUME_MAY_CHANGE):
-            continue
-        if key == "train.lr_per_task" and old.get(key, {}) in ({}, None) and new.get(key, {}) in ({}, None):
-            continue   # {} flattens to this key, a non-empty map to its entries
-        if old.get(key) != new.get(key):
-            raise MtilError(f"the checkpoint in this run directory was written with {key}={old.get(key)!r}, now "
-                            f"{new.get(key)!r}; resume with the original config or start a new --out")
+def check_resumable(saved: dict, current: dict, progress: dict, rows: int, out: Path) -> None:
+    """Refuse to resume a checkpoint whose provenance record is not the current run's: another config (besides the
+    keys provenance.identity leaves out and, at a task boundary, train.lr_per_task of the tasks not started yet:
+    the way on after a NaN loss), another backbone, other data. Data nothing has read yet may have changed (the
+    way on after an undecodable image: re-prepare the dataset, resume): the training split of a task not started,
+    every test split before the first row."""
+    order = current["config"]["data"]["order"]
+    started = progress["task"] + (progress["phase"] != "train" or progress["step"] > 0)
+    ignore = [f"train.lr_per_task.{n}" for n in order[progress["task"]:]] if started == progress["task"] else []
+    unread = {(n, "train") for n in order[started:]} | ({(n, "test") for n in order} if rows == 0 else set())
+    diffs = provenance.differences(saved, current, ignore, unread)
+    if diffs:
+        raise MtilError(f"cannot resume {out}: its checkpoint was written by another run ({provenance.summary(diffs)}"
+                        f"); resume with that run's config, backbone and data, or start a new --out")
 
 
-def prepare_out_dir(out: Path, resume: bool) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise MtilError(f"output directory '{out}' is not writable ({e.strerror}); choose another --out") from None
-    if resume and not RunDir(out).checkpoint.exists():
-        raise MtilError(f"--resume: no checkpoint in '{out}' ({CHECKPOINT} missing); run without --resume to start")
+def prepare_out_dir(out: Path, resume: bool) -> Claim:
+    """Claim (check and lock) the run directory; a new run needs one without a run, a resume one with a
+    checkpoint. Returns the claim, released when the run ends."""
     if not resume and RunDir(out).has_run():
         raise MtilError(f"'{out}' already holds a run; continue it with --resume or choose another --out")
+    held = claim(out, resume)
+    try:
+        if resume and not RunDir(out).checkpoint.exists():
+            raise MtilError(f"--resume: no checkpoint in '{out}' ({CHECKPOINT} missing); run without --resume to "
+                            "start")
+        if not resume and RunDir(out).has_run():
+            raise MtilError(f"'{out}' already holds a run; continue it with --resume or choose another --out")
+    except BaseException:
+        held.release()
+        raise
+    return held
 
 
 class Run:
@@ -83,7 +87,6 @@ class Run:
 
     def __init__(self, cfg: Config, out: str | os.PathLike, resume: bool = False):
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
 
         if cfg.data.demo and cfg.model.pretrained is None:
             raise MtilError("a data.demo config reached the run without its assets; resolve them first with "
@@ -92,8 +95,22 @@ class Run:
         self.dir = RunDir(out)
         # every value was checked against its base.yaml rule when the config was loaded (mtil.config)
         self.accelerator = Accelerator(mixed_precision="no" if cfg.model.precision == "fp32" else cfg.model.precision)
-        if self.accelerator.is_main_process:
-            prepare_out_dir(self.out, resume)
+        self.claim = prepare_out_dir(self.out, resume) if self.accelerator.is_main_process else None
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run directory's lock (the run is over, or never started)."""
+        if self.claim is not None:
+            self.claim.release()
+
+    def _build(self) -> None:
+        from accelerate.utils import set_seed
+
+        cfg, resume = self.cfg, self.resume
         self.accelerator.wait_for_everyone()
         set_seed(cfg.seed, device_specific=True)
         if cfg.threads:
@@ -101,6 +118,10 @@ class Run:
         self.backbone = backbone.load(cfg.model.name, cfg.model.pretrained, device=self.accelerator.device)
         self.tasks = [pipeline.load_task(cfg.data, name, cfg.seed) for name in cfg.data.order]
         self.names = [t.name for t in self.tasks]
+        self.provenance = provenance.record(cfg, {n: t.fingerprint for n, t in zip(cfg.data.order, self.tasks)})
+        if cfg.eval.mode == "selector":
+            check_sizes(cfg.selector, {t.name: min(len(t.train), cfg.selector.max_fit_samples) for t in self.tasks},
+                        getattr(self.backbone.model.visual, "output_dim", None))
         kwargs = dict(towers=tuple(cfg.moe.towers), blocks=cfg.moe.blocks, num_experts=cfg.moe.num_experts,
                       top_k=cfg.moe.top_k, hidden=cfg.moe.hidden, gating=cfg.moe.gating,
                       noisy_gating=cfg.moe.noisy_gating, dropout=cfg.moe.dropout, scale=cfg.moe.scale,
@@ -112,7 +133,11 @@ class Run:
         self.tracker = UsageTracker(self.adapted)
         self.policy.attach(self.adapted, self.tracker, fresh=not resume)
         self.skipped = pipeline.Skipped()   # undecodable images skipped in this run, each counted and logged once
-        self.train_settings = TrainSettings.from_config(cfg)
+        settings = TrainSettings.from_config(cfg)   # lr_per_task keyed by the task names (config.dataset_key's rule)
+        by_key = {config.dataset_key(n): lr for n, lr in settings.lr_per_task.items()}
+        self.train_settings = dataclasses.replace(settings, lr_per_task={
+            t.name: by_key[config.dataset_key(n)] for n, t in zip(cfg.data.order, self.tasks)
+            if config.dataset_key(n) in by_key})
         self.evaluator = Evaluator(self.adapted, self.tasks, self.backbone.preprocess_val, self.backbone.tokenizer,
                                    eval_cfg=cfg.eval, selector_cfg=cfg.selector, data_cfg=cfg.data, seed=cfg.seed,
                                    shared_router=cfg.moe.router == "shared", device=self.accelerator.device,
@@ -132,7 +157,7 @@ class Run:
         return {"progress": dict(self.progress), "adapters": self.adapted.adapter_state_dict(),
                 "train_state": train_state, "rng": rng, "tracker": self.tracker.state_dict(),
                 "policy": self.policy.state_dict(), "rows": self.rows, "selector_accuracy": self.selector_accuracy,
-                "params": self.params}
+                "params": self.params, "provenance": self.provenance}
 
     def save(self, train_state: dict | None = None) -> None:
         state = self.state(train_state)
@@ -142,12 +167,11 @@ class Run:
         self.accelerator.wait_for_everyone()
 
     def load(self) -> None:
-        saved_cfg = rundir.read_config(self.out) if self.dir.config.exists() else None
         state = checkpoint.load(self.dir.checkpoint)
-        if saved_cfg is not None:
-            check_compatible(saved_cfg, self.cfg, state.get("progress"))
-            if self.accelerator.is_main_process and saved_cfg != config.unwrap(self.cfg):
-                files.write_text(self.dir.config, config.dump(self.cfg))
+        check_resumable(state["provenance"], self.provenance, state["progress"], len(state["rows"]), self.out)
+        if self.accelerator.is_main_process and (not self.dir.config.exists()
+                                                 or rundir.read_config(self.out) != config.unwrap(self.cfg)):
+            files.write_text(self.dir.config, config.dump(self.cfg))
         self.adapted.load_adapter_state_dict(state["adapters"])
         self.tracker.load_state_dict(state["tracker"])
         self.policy.load_state_dict(state["policy"])
@@ -166,7 +190,7 @@ class Run:
                "eval_mode": self.cfg.eval.mode, "seed": self.cfg.seed, "selector_accuracy": self.selector_accuracy,
                "selector": ({"method": self.cfg.selector.method, "mode": self.cfg.selector.mode}
                             if self.cfg.eval.mode == "selector" else None),
-               "params": self.params, "versions": versions()}
+               "params": self.params, "versions": versions(), "provenance": self.provenance}
         if complete:
             summary = metrics.summarize(self.rows, self.names)
             out.update(summary)
@@ -181,8 +205,17 @@ class Run:
 
     # ---- the task loop ------------------------------------------------------------------------------------------
     def execute(self) -> dict:
+        try:
+            return self._execute()
+        finally:
+            self.close()
+
+    def _execute(self) -> dict:
         if self.resume:
             self.load()
+        if self.claim is not None:
+            self.claim.keep()   # from here on the run directory holds this run's files
+        if self.resume:
             if self.accelerator.is_main_process:   # rewritten from the checkpoint: repairs damaged or stale copies
                 self.write_outputs()
         elif self.accelerator.is_main_process:

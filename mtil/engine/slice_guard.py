@@ -1,25 +1,37 @@
-"""The frozen-expert guarantee: locked adapter slices stay bit-identical through every optimizer step.
+"""Which adapter slices an optimizer step may touch: the reference's update for every slot.
 
-Experts live in stacked tensors, so a frozen expert is a slice, not a parameter that can leave the optimizer.
-`SliceGuard` hooks the optimizer step: before it, the gradients of locked slices are zeroed and the slices
-saved; after it, they are written back. "Locked" = frozen or inactive experts, and every router but the one
-being trained. This holds whatever the optimizer does (AdamW momentum, weight decay, fp16 scaler), which is the
-guarantee users rely on.
+In MoE-Adapters every expert and every task's router is its own Parameter, so a step leaves untouched what had no
+gradient (an expert no sample was routed to, the routers of other tasks) or is not trained (a frozen expert,
+`requires_grad=False`). Here experts and routers are slices of stacked tensors, so `SliceGuard` gives `SlotAdamW`,
+before each step, the slots it may update:
+- expert slots: selected by at least one sample since the last step (`MoEAdapter.step_selected`), active, not
+  frozen;
+- router slots: the columns of the active experts in the router being trained (the other routers are locked).
+Everything else keeps its values, both Adam moments and its step count bit-identical. The gradients of locked
+expert slots are zeroed too (`zero_locked_grads`, also called before gradient clipping), so a frozen expert never
+counts in a gradient norm, as a Parameter without a gradient would not (the gradient of another task's router is
+exactly zero already: the forward reads only the current router's slice).
 """
 from __future__ import annotations
 
 import torch
 
+from ..errors import MtilError
 from ..model.moe import AdaptedCLIP, MoEAdapter
+from .optimizer import SlotAdamW
 
 
 class SliceGuard:
-    """Optimizer step hooks that keep locked expert and router slices unchanged."""
+    """Optimizer step hooks that restrict each `SlotAdamW` step to the slots the reference would update."""
 
     def __init__(self, model: AdaptedCLIP, optimizer: torch.optim.Optimizer, router: int):
+        if not isinstance(optimizer, SlotAdamW):
+            raise MtilError(f"SliceGuard needs the adapters' SlotAdamW, got {type(optimizer).__name__}")
         self.layers = model.layers
+        self.optimizer = optimizer
         self.router = router
-        self._saved: list = []
+        for layer in self.layers:
+            layer.step_selected.zero_()
         self._handles = [optimizer.register_step_pre_hook(self._before),
                          optimizer.register_step_post_hook(self._after)]
 
@@ -27,27 +39,36 @@ class SliceGuard:
         for h in self._handles:
             h.remove()
 
-    def _locked(self, layer: MoEAdapter) -> tuple[torch.Tensor, torch.Tensor]:
-        experts = layer.frozen | ~layer.active
-        routers = torch.ones(layer.router.shape[0], dtype=torch.bool, device=experts.device)
-        routers[self.router] = False
+    def masks(self, layer: MoEAdapter) -> tuple[torch.Tensor, torch.Tensor]:
+        """(expert slots [E], router slots [R, E]) this step may update."""
+        experts = layer.step_selected & layer.active & ~layer.frozen
+        routers = torch.zeros(layer.router.shape[0], layer.num_experts, dtype=torch.bool, device=experts.device)
+        routers[self.router] = layer.active
         return experts, routers
 
     @torch.no_grad()
-    def _before(self, optimizer, args, kwargs) -> None:
-        self._saved = []
+    def zero_locked_grads(self) -> None:
         for layer in self.layers:
-            experts, routers = self._locked(layer)
-            for tensors, mask in ((layer.expert_tensors(), experts), (layer.router_tensors(), routers)):
-                if not bool(mask.any()):
-                    continue
-                for p in tensors:
-                    if p.grad is not None:
-                        p.grad[mask] = 0
-                    self._saved.append((p, mask, p.detach()[mask].clone()))
+            experts, _ = self.masks(layer)
+            if bool(experts.all()):
+                continue
+            for p in layer.expert_tensors():
+                if p.grad is not None:
+                    p.grad[~experts] = 0
+
+    @torch.no_grad()
+    def _before(self, optimizer, args, kwargs) -> None:
+        self.zero_locked_grads()
+        masks = {}
+        for layer in self.layers:
+            experts, routers = self.masks(layer)
+            for p in layer.expert_tensors():
+                masks[p] = experts.view([-1] + [1] * (p.dim() - 1))
+            for p in layer.router_tensors():
+                masks[p] = routers.unsqueeze(1)
+        self.optimizer.set_masks(masks)
 
     @torch.no_grad()
     def _after(self, optimizer, args, kwargs) -> None:
-        for p, mask, value in self._saved:
-            p.data[mask] = value
-        self._saved = []
+        for layer in self.layers:
+            layer.step_selected.zero_()

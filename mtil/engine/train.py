@@ -1,10 +1,15 @@
 """Training, one task at a time: `TrainSettings` (read from the config once) and the `Trainer`'s step loop, which
 calls into the policy (begin_task / after_step / end_task).
 
-Per task: a fresh AdamW (`optim.SlotAdamW`: one step count per expert slot) over the adapters with the task's
-learning rate and timm's cosine schedule with warm-up (stepped per update); CLIP logits of the batch against the task's class prompts (first template),
-cross-entropy with label smoothing, plus the load-balancing loss when its weight is > 0. The `SliceGuard`
-keeps frozen / inactive experts and the other tasks' routers bit-identical. The task's router is opened to every
+Per task, as MoE-Adapters' `finetune`: a fresh AdamW (`optim.SlotAdamW`: one step count per expert slot) over the
+adapters with the task's learning rate and its `utils.cosine_lr` schedule (`train.schedule`, stepped per update);
+CLIP logits of the batch against the task's class prompts (first template), cross-entropy with label smoothing,
+plus the load-balancing loss when its weight is > 0; gradients cleared with `set_to_none`. The `SliceGuard` makes
+each step update only what the reference's step updates: experts routed at least one sample (an unselected
+expert, a frozen or inactive one and the other tasks' routers stay bit-identical, Adam state included). The
+reference loops `range(iterations + 1)`: its last iteration runs at the schedule's end lr (0) and changes no weight,
+but its batch counts in the experts' usage; `train.final_step` runs it too (after the `iterations` updates, without
+policy hooks). The task's router is opened to every
 active expert at the start and closed to the experts active at the end (`AdaptedCLIP.close_router`). A non-finite loss stops the run
 before anything is written, so the last checkpoint stays the last good one. When a policy rewrites a slot (a merge
 target, a grown expert) it calls `ctx.slot_changed`, and the loop restarts that slot's optimizer state
@@ -40,6 +45,8 @@ class TrainSettings:
     weight_decay: float
     warmup_steps: int
     min_lr: float
+    schedule: str
+    final_step: bool
     label_smoothing: float
     grad_clip: float | None
     checkpoint_every: int
@@ -76,7 +83,7 @@ class Trainer:
         s, accelerator, adapted, policy, tracker = self.s, self.accelerator, self.adapted, self.policy, self.tracker
         iterations = s.iterations
         optimizer = optim.build_optimizer(adapted, s.lr_of(task.name), s.weight_decay)
-        scheduler = optim.build_scheduler(optimizer, iterations, s.warmup_steps, s.min_lr)
+        scheduler = optim.build_scheduler(optimizer, iterations, s.warmup_steps, s.min_lr, s.schedule)
         if resume_state is not None:
             optimizer.load_state_dict(resume_state["optimizer"])
             scheduler.load_state_dict(resume_state["scheduler"])
@@ -90,7 +97,8 @@ class Trainer:
             adapted.open_router(router)  # it may select every active expert, including those grown from here on
             policy.begin_task(ctx)
         tokens = self.tokenizer([p[0] for p in task.prompts(all_templates=False)]).to(accelerator.device)
-        loader = train_loader(task, self.transform, seed=s.seed, task_index=task_index, start=start_step, stop=iterations,
+        stop = iterations + int(s.final_step)
+        loader = train_loader(task, self.transform, seed=s.seed, task_index=task_index, start=start_step, stop=stop,
                               batch_size=s.batch_size, rank=accelerator.process_index, world=accelerator.num_processes,
                               workers=s.num_workers, bad_images=s.bad_images)
         adapted.routing.tracking = True
@@ -112,10 +120,15 @@ class Trainer:
                 raise NonFiniteLoss(f"loss became {value} at task {task_index + 1} ({task.name}) step {ctx.step + 1}")
             accelerator.backward(loss)
             if s.grad_clip:
+                guard.zero_locked_grads()
                 accelerator.clip_grad_norm_(adapted.adapter_parameters(), s.grad_clip)
-            scheduler.step_update(ctx.step + 1)  # lr of this update: warm-up starts at lr / warmup_steps, not 0
+            final = ctx.step == iterations   # the reference's extra last iteration (train.final_step)
+            # lr of this update: warm-up starts at lr / warmup_steps, not 0; the final iteration's is the end lr
+            scheduler.step_update(ctx.step + 1)
             prepared_optimizer.step()
             prepared_optimizer.zero_grad(set_to_none=True)
+            if final:
+                continue
             ctx.step += 1
             ctx.global_step += 1
             policy.after_step(ctx)

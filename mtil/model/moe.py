@@ -15,7 +15,7 @@ routing depends on the router (task) only and every prompt of a task takes the s
 Expert init `lora` (MoE-Adapters' `Adapter(init_option="lora")`): down-projection Kaiming-uniform (a = sqrt 5),
 its bias, the up-projection and its bias zero; routers start at zero. So at init an adapted model computes
 exactly what plain CLIP computes. Masks: `active` (inactive experts are never routed to), `frozen` (see
-`mtil.engine.optimizer`, which keeps frozen experts bit-identical through optimizer steps) and `router_experts` [R, E]: the
+`mtil.engine.slice_guard`, which keeps frozen experts bit-identical through optimizer steps) and `router_experts` [R, E]: the
 experts each router may select, fixed to the active set when its task's training ends (`close_router`), so an
 old task's router never reaches experts added after it.
 """
@@ -79,6 +79,9 @@ class MoEAdapter(nn.Module):
         self.register_buffer("window_counts", torch.zeros(num_experts, dtype=torch.long))
         self.register_buffer("task_counts", torch.zeros(num_experts, dtype=torch.long))
         self.register_buffer("gate_mass", torch.zeros(num_experts))
+        # experts that received at least one sample in the training forwards since the last optimizer step (the
+        # reference's experts are separate Parameters: one that got no sample has grad None and AdamW skips it)
+        self.register_buffer("step_selected", torch.zeros(num_experts, dtype=torch.bool), persistent=False)
         self.aux_loss: torch.Tensor | None = None
         for e in range(num_experts):
             self.reset_expert(e)
@@ -186,6 +189,8 @@ class MoEAdapter(nn.Module):
         routes = self._routes(n, x.device)
         idx, weights, full = self.gates(x[:, 0], routes)
         out = self.dispatch(x, idx, weights)
+        if self.training and torch.is_grad_enabled():
+            self.step_selected[idx[weights > 0]] = True
         if self.routing.tracking and self.training:
             self._count(idx, full, routes)
         return out if self.batch_first else out.transpose(0, 1)

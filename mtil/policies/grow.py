@@ -1,6 +1,7 @@
 """`grow` (DynamicMoE): start each layer with g active experts, activate g more at every growth point.
 
-Growth points are task boundaries (`grow.every: 0`) or every N training steps. Sizing follows DynamicMoE's
+Growth points are task boundaries (`grow.every: 0`) or every N training steps; a step-based growth due on a task's
+last step is skipped and logged (`grow-skipped`), as merge skips such a merge. Sizing follows DynamicMoE's
 `MoELayer` (dojeon-ai/grow_rl_synthetic, `src/models/heads/dynamic_moe.py`), which fixes a parameter budget
 and derives the expert width h_b from the FINAL expert count N:
   * N = g x stages (stages = growth points + 1; `grow.max_experts` caps it), the number of expert slots;
@@ -17,12 +18,14 @@ or the mean of the active columns (routers of finished tasks never select them).
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 
 from ..errors import MtilError
 from .base import Policy, RunFacts, TrainContext, register
 
+log = logging.getLogger(__name__)
 ROUTER_INITS = ("zero", "random", "mean")
 
 
@@ -56,8 +59,12 @@ class Grow(Policy):
         return cls(run, **dict(section.grow))
 
     def stages(self) -> int:
-        """Growth points + 1 over the whole run (every growth adds g experts)."""
-        return self.run.tasks if self.every == 0 else 1 + self.run.tasks * self.run.iterations // self.every
+        """Growth points + 1 over the whole run (every growth adds g experts). A step-based growth due on a task's
+        last step is skipped (`after_step`), so it is not a growth point."""
+        if self.every == 0:
+            return self.run.tasks
+        total, iterations = self.run.tasks * self.run.iterations, self.run.iterations
+        return 1 + sum(1 for s in range(self.every, total + 1, self.every) if s % iterations != 0)
 
     def final_experts(self) -> int:
         full = self.granularity * self.stages()
@@ -89,8 +96,14 @@ class Grow(Policy):
             self.grow(ctx)
 
     def after_step(self, ctx: TrainContext) -> None:
-        if self.every > 0 and ctx.global_step % self.every == 0:
-            self.grow(ctx)
+        if self.every == 0 or ctx.global_step % self.every != 0:
+            return
+        if ctx.step >= self.run.iterations:   # as merge's: new experts would be evaluated without a training step
+            log.info("task %s: the growth due on its last step (%d) is skipped", ctx.task_name, ctx.step)
+            self.log(ctx, "grow-skipped", None, [], reason="last step of the task: the new experts would be "
+                                                           "evaluated without a training step")
+            return
+        self.grow(ctx)
 
     @torch.no_grad()
     def grow(self, ctx: TrainContext) -> None:

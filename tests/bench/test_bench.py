@@ -12,7 +12,7 @@ from mtil.model import moe
 
 TINY = dict(model="tiny", batch=4, classes=3, experts=6, top_k=2, hidden=8, routers=3, rounds=1, steps=1, warmup=1,
             expert_grid=(2, 6), topk_grid=(1, 2), dispatch_batch=4, eval_tasks=2, eval_classes=3,
-            eval_templates=2, eval_test=8, eval_train=8, eval_batch=8, eval_rounds=1)
+            eval_templates=2, eval_test=8, eval_train=8, eval_batch=8, eval_rounds=1, optimizer_model="tiny")
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +35,14 @@ def test_every_section_reports_positive_ratios(result):
     assert [r["experts"] for r in result["scaling"]["experts"]] == [2, 6]
     assert [r["top_k"] for r in result["scaling"]["top_k"]] == [1, 2]
     assert all(r["step_s"] > 0 and r["over_reference"] > 0 for rows in result["scaling"].values() for r in rows)
+    o = result["optimizer"]
+    assert o["model"] == "mtil-tiny" and o["tensors"] == 6 * 6 and o["slot_over_torch"] > 0
+    assert 0 < o["experts_stepped"] <= o["expert_slots"] == 6 * 6
     assert set(result["targets"]) == set(bench.TARGETS)
     assert result["settings"]["model"] == "mtil-tiny" and result["machine"]["torch_threads"] >= 1
     json.dumps(result)  # JSON-able as it is
     text = "\n".join(render(result))
-    assert "MoE / dense" in text and "speedup" in text and "row / bare" in text
+    assert "MoE / dense" in text and "speedup" in text and "row / bare" in text and "SlotAdamW / torch" in text
 
 
 def test_reference_dispatch_matches_the_vectorized_one():

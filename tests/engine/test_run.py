@@ -45,8 +45,8 @@ def test_run_writes_matrix_metrics_and_outputs(tiny_args, tmp_path, capsys):
     assert r["versions"]["torch"] and r["seed"] == 42
     usage = np.load(out / "usage.npz")
     assert usage["image_usage"].shape == (3, 3, 6) and usage["text_usage"].shape == (3, 3, 6)
-    # each task: 6 steps x batch 8 x top-2 selections per layer
-    assert (usage["image_usage"].sum(axis=2) == 6 * 8 * 2).all()
+    # each task: 6 updates + the reference's final lr-0 iteration (train.final_step) x batch 8 x top-2 per layer
+    assert (usage["image_usage"].sum(axis=2) == (6 + 1) * 8 * 2).all()
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     assert {e["action"] for e in events} >= {"merge", "freeze"}
     assert (out / "config.yaml").exists() and (out / "checkpoints" / "last.pt").exists()

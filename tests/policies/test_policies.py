@@ -205,6 +205,21 @@ def test_grow_raises_active_experts_and_params_at_each_growth_point(clip):
     assert len(events) == 3 * len(model.layers) and events[0]["experts"] == [2, 3]
 
 
+def test_a_step_based_growth_due_on_the_last_step_of_a_task_is_skipped(clip):
+    """As merge's: grown experts would be evaluated without one training step. The sizing counts only the growths
+    that happen (iterations 1000, every 500: growths at steps 500 of each of 4 tasks, not at their ends)."""
+    model, policy = grow_model(clip.model, g=1, every=500)
+    assert policy.stages() == 1 + 4 and model.layers[0].num_experts == 5
+    opt = optim.build_optimizer(model, 1e-2, 0.0)
+    layer = model.layers[0]
+    policy.after_step(TrainContext(0, "t0", 1000, 1000, resets(opt)))          # task 1's last step: skipped
+    assert int(layer.active.sum()) == 1
+    assert policy.events == [dict(policy.events[0], action="grow-skipped", experts=[], tower=None)]
+    assert "last step" in policy.events[0]["reason"]
+    policy.after_step(TrainContext(1, "t1", 500, 1500, resets(opt)))           # mid-task: grows
+    assert int(layer.active.sum()) == 2 and policy.events[-1]["action"] == "grow"
+
+
 def test_new_experts_train_on_the_next_step(clip):
     model, policy = grow_model(clip.model, g=1, top_k=2)  # both active experts run for every sample
     opt = optim.build_optimizer(model, 1e-2, 0.0)
