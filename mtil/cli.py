@@ -17,7 +17,7 @@ COMMANDS = {
     "run": ("run", "train and evaluate a task sequence from a YAML config"),
     "demo": ("demo", "run the whole pipeline offline on the embedded demo stream"),
     "report": ("report", "Transfer / Avg / Last tables of run directories beside published rows"),
-    "compare": ("compare", "run a policies x seeds grid and write one table and one figure"),
+    "compare": ("compare", "run a methods (x policies) x seeds grid and write one table and one figure"),
     "plot": ("plot", "write the figures of a run directory"),
     "prepare": ("prepare", "convert a dataset into mtil's prepared on-disk format"),
     "plasticity": ("plasticity", "the DynamicMoE plasticity study (chunked continual stream)"),

@@ -1,10 +1,14 @@
 """YAML configuration: defaults + schema in one file, inheritance, `--set a.b=c` overrides, validation.
 
 `configs/base.yaml` holds every key with its default value; it is also the schema. A user config is merged
-over it and may name a parent with `inherit: other.yaml` (resolved relative to the file, then `configs/`).
+over it and may name a parent with `inherit: other.yaml`, resolved relative to the folder of the file that says
+it, then in the package's `configs/` (never the current directory). Files are read as YAML with two changes
+(`ConfigLoader`): a key given twice in one mapping is an error naming both lines, and numbers in exponent form
+without a dot (`1e-3`) are floats as in YAML 1.2 (PyYAML's YAML 1.1 reads them as strings).
 Rules, checked for every value:
   * a key that is not in the schema is an error that lists the valid keys at that level;
   * a value must have the type of its default (an int is accepted for a float; `null` defaults accept anything);
+    a section (a mapping default) must be a mapping, never null;
   * a mapping whose default is `{}` is free-form (e.g. per-task learning rates).
   * a value must match the allowed-values rule written in backticks at the start of its comment in the schema
     (grammar at the top of base.yaml), and the cross-key rules of CROSS_CHECKS must hold.
@@ -69,19 +73,16 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def resolve_path(name: str | os.PathLike, relative_to: Path | None = None) -> Path:
-    """Find a config file: as given, relative to another config, or in the package's `configs/`."""
+def resolve_path(name: str | os.PathLike) -> Path:
+    """Find a config file named on the command line: as given (relative to the current directory), or in the
+    package's `configs/`."""
     p = Path(name).expanduser()
-    candidates = [p]
-    if relative_to is not None:
-        candidates.append(relative_to / p)
-    candidates += [CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"]
-    for c in candidates:
-        if c.is_file():
+    for c in [p, CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"]:
+        if os.path.isfile(c):   # not Path.is_file: a name the OS refuses (too long) is no file either
             return c
-        if c.is_dir() and c == p:
+        if c == p and os.path.isdir(c):
             raise MtilError(f"config '{name}' is a directory; give a YAML file (e.g. {name}/config.yaml)")
-    raise MtilError(f"config file '{name}' not found (looked in ., {CONFIG_DIR}); "
+    raise MtilError(f"config file {_short(str(name))} not found (looked in ., {CONFIG_DIR}); "
                     f"available: {', '.join(sorted(str(q.relative_to(CONFIG_DIR)) for q in CONFIG_DIR.rglob('*.yaml')))}")
 
 
@@ -94,9 +95,47 @@ def read_text(path: Path) -> str:
         raise MtilError(f"cannot read {path}: {e.strerror}") from None
 
 
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, first: int, second: int):
+        super().__init__(f"key {key!r} given twice")
+        self.key, self.first, self.second = key, first, second
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key repeated in one mapping is an error (PyYAML lets the later one win), and
+    `1e-3` is a float (YAML 1.2; YAML 1.1 needs a dot, `1.0e-3`)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, (str, int, float, bool)) or key is None:
+                    if key in lines:
+                        raise DuplicateKey(key, lines[key], line)
+                    lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str):
+    """YAML text -> Python objects, with ConfigLoader's rules (what config files and `--set` values use)."""
+    return yaml.load(text, Loader=ConfigLoader)
+
+
 def read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(read_text(path)) or {}
+        data = parse_yaml(read_text(path)) or {}
+    except DuplicateKey as e:
+        raise MtilError(f"{path} gives the key {e.key!r} twice in one mapping (line {e.first} and line {e.second}); "
+                        f"keep one") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -107,14 +146,27 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+def _parent_path(parent: Any, child: Path) -> Path:
+    """The file `inherit: parent` in config `child` names: relative to child's folder, then the package's configs/."""
+    if not isinstance(parent, str) or not parent.strip():
+        raise MtilError(f"{child}: 'inherit' must name one config file (a string such as demo.yaml), got "
+                        f"{type(parent).__name__} {parent!r}")
+    p = Path(parent).expanduser()
+    candidates = [p] if p.is_absolute() else [child.parent / p, CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"]
+    for c in candidates:
+        if os.path.isfile(c):   # not Path.is_file: a name the OS refuses (too long) is no file either
+            return c
+    raise MtilError(f"{child}: inherited config '{parent}' not found (looked in {child.parent} and {CONFIG_DIR})")
+
+
 def _read_with_parents(path: Path, seen: tuple = ()) -> dict:
-    if path in seen:
-        raise MtilError(f"config inheritance loop: {' -> '.join(map(str, seen + (path,)))}")
+    if path.resolve() in seen:
+        raise MtilError(f"config inheritance loop: {' -> '.join(map(str, seen + (path.resolve(),)))}")
     data = read_yaml(path)
-    parent = data.pop("inherit", None)
-    if parent is None:
+    if "inherit" not in data:
         return data
-    return merge(_read_with_parents(resolve_path(parent, path.parent), seen + (path,)), data)
+    parent = data.pop("inherit")
+    return merge(_read_with_parents(_parent_path(parent, path), seen + (path.resolve(),)), data)
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -123,16 +175,6 @@ def merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) and out[k] else v
     return out
-
-
-def _as_float(value: Any) -> Any:
-    """PyYAML reads `5e-3` (no dot) as a string; accept it where a float is expected."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def _type_ok(default: Any, value: Any) -> bool:
@@ -147,6 +189,12 @@ def _type_ok(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
+def _short(value: Any, limit: int = 120) -> str:
+    """repr(value), cut to `limit` characters (a 5,000-character path stays one readable line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 30]}...{text[-20:]} ({len(text)} characters)"
+
+
 def validate(data: dict, schema: dict, where: str = "", rules: dict | None = None) -> dict:
     """Check `data` against `schema` (both plain dicts) and its `rules`; return data with float defaults coerced."""
     rules = rules or {}
@@ -157,18 +205,18 @@ def validate(data: dict, schema: dict, where: str = "", rules: dict | None = Non
             valid = ", ".join(sorted(schema)) or "(none)"
             raise MtilError(f"unknown config key '{full}'; valid keys{' under ' + repr(where[:-1]) if where else ''}: {valid}")
         default = schema[key]
-        if isinstance(default, float):
-            value = _as_float(value)
+        if isinstance(default, dict) and default and not isinstance(value, dict):
+            raise MtilError(f"config key '{full}' is a section (keys: {', '.join(default)}); give its keys, e.g. "
+                            f"--set {full}.{next(iter(default))}=..., not "
+                            f"{'null' if value is None else type(value).__name__ + ' ' + _short(value)}")
         if not _type_ok(default, value):
             rule = rules.get(full)
             raise MtilError(f"config key '{full}' must be {type(default).__name__} (default {default!r}), "
-                            f"got {type(value).__name__} {value!r}{'; allowed: ' + describe(rule) if rule else ''}")
-        if isinstance(default, dict) and default and isinstance(value, dict):
+                            f"got {type(value).__name__} {_short(value)}{'; allowed: ' + describe(rule) if rule else ''}")
+        if isinstance(default, dict) and default:
             value = validate(value, default, full + ".", rules)
         else:
-            if isinstance(default, dict) and isinstance(value, dict):
-                value = {k: _as_float(v) for k, v in value.items()}
-            elif isinstance(default, float) and isinstance(value, int):
+            if isinstance(default, float) and isinstance(value, int):
                 value = float(value)
             check_rule(full, value, rules.get(full))
         out[key] = value
@@ -234,9 +282,19 @@ def _block_range(value: Any) -> bool:
             for v in value) and 0 <= value[0] < value[1])
 
 
+def _dataset_name(value: Any) -> bool:
+    from .data import registry
+    return registry.valid_name(value)
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
+
 # named checks for `@name` rules
-CHECKS = {"block_range": _block_range}
-_DESCRIBE = {"block_range": "[start, stop) with 0 <= start < stop"}
+CHECKS = {"block_range": _block_range, "dataset_name": _dataset_name,
+          "device": lambda v: isinstance(v, str) and _DEVICE.match(v) is not None}
+_DESCRIBE = {"block_range": "[start, stop) with 0 <= start < stop",
+             "dataset_name": "a dataset name (letters, digits and _ . + -, starting with a letter or digit; no path)",
+             "device": "auto | cpu | cuda | cuda:N"}
 
 
 def matches(rule: str, value: Any) -> bool:
@@ -266,12 +324,12 @@ def matches(rule: str, value: Any) -> bool:
 
 
 def describe(rule: str) -> str:
-    return " | ".join(_DESCRIBE.get(a[1:], a) if a.startswith("@") else a for a in _split_alternatives(rule))
+    return re.sub(r"@(\w+)", lambda m: _DESCRIBE.get(m.group(1), m.group(0)), rule)
 
 
 def check_rule(key: str, value: Any, rule: str | None) -> None:
     if rule is not None and not matches(rule, value):
-        raise MtilError(f"config key '{key}' = {value!r} is not allowed; allowed: {describe(rule)}")
+        raise MtilError(f"config key '{key}' = {_short(value)} is not allowed; allowed: {describe(rule)}")
 
 
 def _cross_base(cfg: dict) -> None:
@@ -299,19 +357,46 @@ def _cross_base(cfg: dict) -> None:
     lists = {"data.order": data["order"], "demo.domains": cfg["demo"]["domains"],
              "demo.pretrain.domains": cfg["demo"]["pretrain"].get("domains", [])}
     for key, names in lists.items():
-        dups = sorted({str(d) for d in names if names.count(d) > 1})
+        spellings: dict[str, list[str]] = {}
+        for d in names:
+            spellings.setdefault(dataset_key(d), []).append(str(d))
+        dups = [" = ".join(s) if len(set(s)) > 1 else s[0] for s in spellings.values() if len(s) > 1]
         if dups:
-            raise MtilError(f"config key '{key}' = {names!r} is not allowed; allowed: each name once "
-                            f"(repeated: {', '.join(dups)})")
-    order = data["order"]
-    stray = sorted(set(train["lr_per_task"]) - set(order))
+            raise MtilError(f"config key '{key}' = {names!r} is not allowed; allowed: each dataset once, "
+                            f"whatever its spelling (repeated: {', '.join(dups)})")
+    order = {dataset_key(d): d for d in data["order"]}
+    stray = sorted(n for n in train["lr_per_task"] if dataset_key(n) not in order)
     if stray:
         raise MtilError(f"config key 'train.lr_per_task' names {', '.join(stray)}, not in data.order; allowed: "
-                        f"{', '.join(map(str, order))}")
+                        f"{', '.join(map(str, data['order']))}")
+    # the baselines' table is per dataset, as ZSCL's scripts give it (5e-5 for Aircraft and MNIST, whatever the
+    # order): a registered dataset not in data.order is unused; any other name is a typo
+    from .data import registry
+    stray = sorted(n for n in cfg["method"]["finetune"]["lr_per_task"]
+                   if dataset_key(n) not in order and registry.resolve(str(n)) is None)
+    if stray:
+        raise MtilError(f"config key 'method.finetune.lr_per_task' names {', '.join(stray)}, neither in data.order "
+                        f"nor a registered dataset; allowed: {', '.join(map(str, data['order']))} or a registered "
+                        "dataset (mtil prepare --list)")
+
+
+def dataset_key(name: Any) -> str:
+    """The one rule that says two dataset names are the same dataset: registered aliases resolve, then case and
+    punctuation are ignored (`cars`, `Stanford-Cars` and `StanfordCars` are one dataset)."""
+    from .data import registry
+    return registry.key(registry.resolve(str(name)) or str(name))
+
+
+def _cross_plasticity(cfg: dict) -> None:
+    """Rules that involve several keys of plasticity/base.yaml."""
+    hidden, chunks = cfg["methods"]["net2wider"]["hidden"], cfg["study"]["chunks"]
+    if hidden < chunks:
+        raise MtilError(f"config key 'methods.net2wider.hidden' = {hidden} is not allowed; allowed: at least "
+                        f"study.chunks = {chunks} (its width at chunk 1 is int(hidden / chunks), 0 below that)")
 
 
 # schema file name -> cross-key check run on the merged config
-CROSS_CHECKS = {"base.yaml": _cross_base}
+CROSS_CHECKS = {"base.yaml": _cross_base, "plasticity/base.yaml": _cross_plasticity}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -319,7 +404,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise MtilError(f"override '{text}' must look like key.path=value (e.g. train.lr=1e-3)")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = parse_yaml(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value

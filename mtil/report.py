@@ -1,12 +1,20 @@
-"""Tables over run directories: Transfer / Avg / Last / BWT / Forgetting (mean ± std over seeds) beside published rows.
+"""Tables over run directories: Transfer / Avg / Last / BWT / Forgetting (mean ± std over seeds), trainable
+parameters and training time, beside published rows.
 
 Every number is recomputed from each run's accuracy matrix (`metrics.summarize`), never read from the summary
 values stored beside it, and rounded as the published tables are (ZSCL's `np.around(x, 1)`: x * 10 rounded half
-to even, so a transfer of 65.35 prints 65.4). Runs whose resolved configs differ only in `seed` (and paths)
-form one group; a group of several seeds shows mean ± sample std (ddof=1). Each task stream gets its own tables;
-published rows (`mtil/references.yaml`, ViT-B/16) are those of the MTIL order the stream is (none for another
-stream, such as the demo's), and are always labelled as published. The per-dataset table has a Transfer, an Avg
-and a Last row per group and an Average column, as ZSCL's and MoE-Adapters' appendices print.
+to even, so a transfer of 65.35 prints 65.4). A matrix entry outside [0, 100] (NaN included) is refused. Runs form
+one group when their provenance records (`mtil.provenance`, in results.json) agree on everything but the seed
+(and `threads`): config identity, backbone content, dataset content; never by folder name. A run without a record
+(written by an earlier mtil) is grouped by its config.yaml, paths compared as paths, and one without either is
+reported alone; the output says so in a note. A group of several seeds shows mean ± sample std (ddof=1); its
+`seeds` is the number of runs its numbers come from. Each task stream gets its own tables; published rows
+(`mtil/references.yaml`, ViT-B/16) are those of the MTIL order the stream is (none for another stream, such as
+the demo's), and are always labelled as published: each right above the group that reproduces it (`method.name`,
+and `policy.name` for the MoE method: references.yaml's `methods`), the others first. "Trainable" is the mean over
+tasks of the parameters each task's optimizer could change (`params[].trainable`), "Train time" the wall time of
+training summed over tasks (`train_seconds`); both "-" for runs that lack them. The per-dataset table has a
+Transfer, an Avg and a Last row per group and an Average column, as ZSCL's and MoE-Adapters' appendices print.
 
 A run directory given twice (or given and found again under a given folder) counts once. A run given on the
 command line that is unfinished, or a path that holds no run, is an error; unfinished runs found under a folder
@@ -18,52 +26,42 @@ import csv
 import io
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from . import metrics, rundir
+from . import metrics, provenance, rundir
 from .config import flatten
 from .errors import MtilError
 from .rundir.layout import RunDir
+from .rundir.read import OtherKind
 
 log = logging.getLogger(__name__)
 
 METRICS = ("transfer", "avg", "last", "bwt", "forgetting")   # published rows have the first three
-HEADERS = {"transfer": "Transfer", "avg": "Avg", "last": "Last", "bwt": "BWT", "forgetting": "Forgetting"}
+COSTS = ("trainable", "train_seconds")                        # per run: mean over tasks, sum over tasks
+HEADERS = {"transfer": "Transfer", "avg": "Avg", "last": "Last", "bwt": "BWT", "forgetting": "Forgetting",
+           "trainable": "Trainable", "train_seconds": "Train time"}
 PER_DATASET = ("transfer", "avg", "last")
-IGNORED_KEYS = ("seed", "data.root", "model.pretrained", "data.num_workers", "eval.batch_size", "output.plots",
-                "eval.pixel_cache_mb", "train.log_every", "threads")
 
 
 @dataclass
 class Group:
     label: str
     tasks: list[str]
-    config: dict = field(default_factory=dict)          # the resolved config without IGNORED_KEYS
+    config: dict = field(default_factory=dict)          # flat: what the runs share (provenance.group_config)
     runs: list[dict] = field(default_factory=list)      # results.json contents, metrics recomputed from the matrix
     dirs: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)      # runs grouped without a provenance record, and how
 
     def values(self, key: str, dataset: str | None = None) -> np.ndarray:
         if dataset is None:
-            return np.array([r[key] for r in self.runs], dtype=float)
+            return np.array([np.nan if r.get(key) is None else r[key] for r in self.runs], dtype=float)
         return np.array([r["per_dataset"][dataset][key] if r["per_dataset"][dataset][key] is not None else np.nan
                          for r in self.runs], dtype=float)
-
-
-def stripped_config(cfg: dict) -> dict:
-    """The config without the keys that may differ within one group of seeds."""
-    cfg = json.loads(json.dumps(cfg))
-    for dotted in IGNORED_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = cfg
-        for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return cfg
 
 
 def run_dirs(paths: list[str | Path]) -> tuple[dict[Path, dict], list[Path]]:
@@ -91,7 +89,11 @@ def run_dirs(paths: list[str | Path]) -> tuple[dict[Path, dict], list[Path]]:
             if d.resolve() in seen:
                 continue
             seen.add(d.resolve())
-            results = rundir.read_results(d)
+            try:
+                results = rundir.read_results(d)
+            except OtherKind as e:   # found under a folder (one given directly has failed above)
+                log.warning("report: %s; left out", e)
+                continue
             if results.get("complete"):
                 found[d] = results
             else:
@@ -105,8 +107,19 @@ def run_dirs(paths: list[str | Path]) -> tuple[dict[Path, dict], list[Path]]:
 
 
 def recomputed(results: dict) -> dict:
-    """results.json with every metric recomputed from its matrix."""
-    return {**results, **metrics.summarize(results["matrix"], results["tasks"])}
+    """results.json with every metric recomputed from its matrix, and its costs (COSTS) per run."""
+    trainable = [p.get("trainable") for p in results.get("params") or []]
+    seconds = results.get("train_seconds")
+    costs = {"trainable": float(np.mean(trainable)) if trainable and None not in trainable else None,
+             "train_seconds": float(sum(seconds)) if seconds else None}
+    return {**results, **metrics.summarize(results["matrix"], results["tasks"]), **costs}
+
+
+def method_key(flat: dict) -> str:
+    """What a group reproduces (from its flat config): `method.name`, with `/policy.name` for the MoE method (runs
+    older than the methods: moe)."""
+    method = flat.get("method.name", "moe")
+    return f"moe/{flat.get('policy.name')}" if method == "moe" else method
 
 
 def _unique_labels(groups: list[Group]) -> None:
@@ -119,8 +132,11 @@ def _unique_labels(groups: list[Group]) -> None:
             continue
         flat = [flatten(g.config) for g in same]
         keys = sorted({k for f in flat for k in f if any(f.get(k) != o.get(k) for o in flat)})
+        # a dataset only some groups use differs by data.order already
+        keys = [k for k in keys if not (k.startswith("dataset.") and any(k not in f for f in flat))] or keys
         for g, f in zip(same, flat):
-            shown = [k for k in keys if k not in ("data.order", "policy.name")] or keys
+            own = [k for k in keys if k in f] or keys      # what this group sets (another may not have the key)
+            shown = [k for k in own if k not in ("data.order", "policy.name")] or own
             g.label = f"{label} ({', '.join(f'{k}={f.get(k)}' for k in shown)})" if shown else label
     labels = [g.label for g in groups]
     for i, g in enumerate(groups):
@@ -128,29 +144,93 @@ def _unique_labels(groups: list[Group]) -> None:
             g.label = f"{g.label} #{labels[:i + 1].count(g.label)}"
 
 
+def _label(cfg: dict) -> str:
+    """What a group is called: a baseline's method, else its policy (or zero-shot: no adapters at all); differing
+    keys are added later."""
+    method = (cfg.get("method") or {}).get("name", "moe")
+    if method != "moe":
+        return method
+    if (cfg.get("eval") or {}).get("mode") == "zero-shot":
+        return "zero-shot"
+    return str((cfg.get("policy") or {}).get("name", "?"))
+
+
+def _grouping(d: Path, stored: dict) -> tuple[str, dict, str, str | None]:
+    """(group key, flat config shown, label, note) of one finished run."""
+    rec = provenance.of_results(stored, RunDir(d).results)
+    if rec is not None:
+        return "record:" + provenance.group_key(rec), provenance.group_config(rec), _label(rec["config"]), None
+    cfg = rundir.read_config(d)
+    if cfg:
+        flat = provenance.identity(cfg, provenance.GROUPING_IGNORES)
+        flat.update({k: v for k, v in flatten(cfg).items() if k in provenance.LOCATIONS})
+        return ("config:" + provenance.sha256(flat), flat, _label(cfg),
+                f"{d} has no provenance record (written by an earlier mtil): grouped by its config.yaml, with "
+                f"data.root and model.pretrained compared as paths, not content")
+    return (f"alone:{d.resolve()}", {}, d.name,
+            f"{d} records no config (no provenance record, no config.yaml): reported alone, as '{d.name}'")
+
+
+def _seed(stored: dict, d: Path):
+    rec = stored.get("provenance")
+    if isinstance(rec, dict) and isinstance(rec.get("config"), dict):
+        return rec["config"].get("seed")
+    return rundir.read_config(d).get("seed", stored.get("seed"))
+
+
 def group_runs(paths: list[str | Path]) -> list[Group]:
     found, _ = run_dirs(paths)
     groups: dict[str, Group] = {}
+    seeds: dict[str, dict] = {}   # group key -> seed -> the run directory counted for it
     for d, stored in found.items():
-        results, cfg = recomputed(stored), stripped_config(rundir.read_config(d))
-        key = json.dumps(cfg, sort_keys=True) + json.dumps(results["tasks"])
+        results = recomputed(stored)
+        key, flat, label, note = _grouping(d, stored)
+        key += json.dumps(results["tasks"])
         if key not in groups:
-            label = d.name.split("-seed")[0] if "-seed" in d.name else d.name
-            groups[key] = Group(label, results["tasks"], cfg)
-        groups[key].runs.append(results)
-        groups[key].dirs.append(d)
+            groups[key], seeds[key] = Group(label, results["tasks"], flat), {}
+        seed = _seed(stored, d)
+        if seed is not None and seed in seeds[key]:
+            note = f"{d} repeats seed {seed} of {seeds[key][seed]} with the same config, backbone and data: left out"
+        else:
+            seeds[key][seed if seed is not None else d] = d
+            groups[key].runs.append(results)
+            groups[key].dirs.append(d)
+        if note:
+            log.warning("report: %s", note)
+            groups[key].notes.append(note)
     out = list(groups.values())
     _unique_labels(out)
     return out
 
 
+def _references() -> dict:
+    return yaml.safe_load((Path(__file__).resolve().parent / "references.yaml").read_text())
+
+
 def references(tasks: list[str]) -> tuple[str, dict]:
     """The published rows of the MTIL order these tasks are ({} for any other stream: not comparable)."""
-    data = yaml.safe_load((Path(__file__).resolve().parent / "references.yaml").read_text())
-    for name, entry in data.items():
+    for name, entry in _references().items():
         if isinstance(entry, dict) and entry.get("tasks") == tasks:
             return name, entry["rows"]
     return "", {}
+
+
+def fmt_count(values: np.ndarray) -> str:
+    """A parameter count as 7.56M / 143.4k / 512 (mean over seeds)."""
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return "-"
+    v = float(np.mean(values))
+    return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}k" if v >= 1e3 else f"{v:.0f}"
+
+
+def fmt_seconds(values: np.ndarray) -> str:
+    """Wall time as mean ± std over seeds, in s (< 2 min), min (< 2 h) or h."""
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return "-"
+    scale, unit = (1, "s") if np.mean(values) < 120 else (60, "min") if np.mean(values) < 7200 else (3600, "h")
+    return f"{metrics.fmt_mean_std(values / scale)} {unit}"
 
 
 def fmt(values: np.ndarray) -> str:
@@ -167,15 +247,21 @@ def streams(groups: list[Group]) -> list[list[Group]]:
 
 
 def table(groups: list[Group]) -> list[dict]:
-    """Rows of the main table of one stream: published references, then each group (with its number of seeds)."""
+    """Rows of the main table of one stream: published references (each right above the group reproducing it, the
+    others first), then each group (with its number of seeds)."""
     order, refs = references(groups[0].tasks)
-    rows = [{"method": f"{name} (published, ViT-B/16, {order})", "seeds": None, "tasks": groups[0].tasks,
-             **{m: "" for m in METRICS}, **{m: v for m, v in zip(METRICS, vals)}} for name, vals in refs.items()]
+    reproduces = _references().get("methods", {})
+    published = {name: {"method": f"{name} (published, ViT-B/16, {order})", "seeds": None, "tasks": groups[0].tasks,
+                        **{m: "" for m in (*METRICS, *COSTS)}, **{m: v for m, v in zip(METRICS, vals)}}
+                 for name, vals in refs.items()}
+    reproduced = {method_key(g.config) for g in groups}
+    rows = [published.pop(name) for name in list(published) if reproduces.get(name) not in reproduced]
     for g in groups:
+        rows += [published.pop(name) for name in list(published) if reproduces.get(name) == method_key(g.config)]
         row = {"method": g.label, "seeds": len(g.runs), "tasks": g.tasks}
-        for m in METRICS:
+        for m in (*METRICS, *COSTS):
             v = g.values(m)
-            row[m] = fmt(v)
+            row[m] = {"trainable": fmt_count, "train_seconds": fmt_seconds}.get(m, fmt)(v)
             finite = v[~np.isnan(v)]   # transfer of a one-task run is undefined (NaN): null in JSON, empty in CSV
             mean, std = metrics.mean_std(finite) if len(finite) else (None, None)
             row[f"{m}_mean"], row[f"{m}_std"] = (float(mean), float(std)) if len(finite) else (None, None)
@@ -197,13 +283,13 @@ def per_dataset(groups: list[Group]) -> list[dict]:
 def _csv(parts: list[tuple[list[dict], list[dict]]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["method", "seeds", *(c for m in METRICS for c in (m, f"{m}_std"))])
+    writer.writerow(["method", "seeds", *(c for m in (*METRICS, *COSTS) for c in (m, f"{m}_std"))])
     for main, _ in parts:
         for r in main:
             if r["seeds"] is None:
-                cells = [c for m in METRICS for c in (r[m], "")]
+                cells = [c for m in (*METRICS, *COSTS) for c in (r[m], "")]
             else:
-                cells = [c for m in METRICS for c in (r[f"{m}_mean"], r[f"{m}_std"])]
+                cells = [c for m in (*METRICS, *COSTS) for c in (r[f"{m}_mean"], r[f"{m}_std"])]
                 cells = ["" if c is None else round(c, 4) for c in cells]
             writer.writerow([r["method"], r["seeds"] or "", *cells])
     for main, datasets in parts:
@@ -216,15 +302,28 @@ def _csv(parts: list[tuple[list[dict], list[dict]]]) -> str:
     return buf.getvalue()
 
 
+def _finite(obj):
+    """obj with every non-finite float as None (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def render(paths: list[str | Path], fmt_name: str = "md") -> str:
     if fmt_name not in ("md", "csv", "json"):
         raise MtilError(f"unknown report format '{fmt_name}'; use md, csv or json")
     groups = group_runs(paths)
     parts = [(table(s), per_dataset(s)) for s in streams(groups)]
+    notes = [n for g in groups for n in g.notes]
     if fmt_name == "json":
-        return json.dumps({"table": [r for main, _ in parts for r in main],
-                           "per_dataset": [r for _, ds in parts for r in ds],
-                           "runs": {g.label: [str(d) for d in g.dirs] for g in groups}}, indent=2)
+        return json.dumps(_finite({"table": [r for main, _ in parts for r in main],
+                                   "per_dataset": [r for _, ds in parts for r in ds],
+                                   "runs": {g.label: [str(d) for d in g.dirs] for g in groups},
+                                   "notes": notes}), indent=2, allow_nan=False)
     if fmt_name == "csv":
         return _csv(parts)
     lines = []
@@ -232,13 +331,15 @@ def render(paths: list[str | Path], fmt_name: str = "md") -> str:
         tasks = main[-1]["tasks"]
         if len(parts) > 1:
             lines += [f"stream: {', '.join(tasks)}", ""]
-        lines += ["| method | seeds | " + " | ".join(HEADERS[m] for m in METRICS) + " |",
-                  "|---|---|" + "---|" * len(METRICS)]
+        lines += ["| method | seeds | " + " | ".join(HEADERS[m] for m in (*METRICS, *COSTS)) + " |",
+                  "|---|---|" + "---|" * len(METRICS) + "---:|" * len(COSTS)]
         for r in main:
-            lines.append(f"| {r['method']} | {r['seeds'] or ''} | " + " | ".join(str(r[m]) for m in METRICS) + " |")
+            lines.append(f"| {r['method']} | {r['seeds'] or ''} | "
+                         + " | ".join(str(r[m]) for m in (*METRICS, *COSTS)) + " |")
         lines += ["", "| method | metric | " + " | ".join(tasks) + " | Average |", "|---|---|" + "---|" * (len(tasks) + 1)]
         for r in datasets:
             lines.append(f"| {r['method']} | {HEADERS[r['metric']]} | "
                          + " | ".join(r[d] for d in [*tasks, "Average"]) + " |")
         lines.append("")
+    lines += [f"note: {n}" for n in notes]
     return "\n".join(lines).rstrip("\n")

@@ -173,12 +173,18 @@ and grow markers of `LAYER` with the bands above."""),
 def compare_policies() -> list:
     return [
         new_markdown_cell("""\
-# Comparing expert lifecycle policies
+# Comparing methods and expert lifecycle policies
 
-`mtil compare` trains the same task sequence with several policies (`none`, `freeze`, `merge`, `grow`) and seeds,
-one run directory per cell (`runs/compare/<policy>-seed<k>`). This notebook reads every run directory under
-`COMPARE_DIR` (default `runs/compare`, or `MTIL_COMPARE_DIR`), groups the finished ones by the policy recorded in
-their `results.json`, and shows mean ± std over seeds.
+`mtil compare` trains the same task sequence with several methods and seeds: the MoE adapters once per policy
+(`none`, `freeze`, `merge`, `grow`) and the field's baselines (`zero-shot`, `finetune`, `lwf`, `icarl`, `wiseft`,
+`zscl`: the whole CLIP trains, as ZSCL's code runs them), one run directory per cell
+(`runs/compare/<policy>-seed<k>`, `runs/compare/<method>-seed<k>`):
+
+    mtil compare --methods zero-shot,finetune,lwf,icarl,wiseft,zscl,moe --policies freeze,merge,grow --seeds 42,1,2
+
+This notebook reads every run directory under `COMPARE_DIR` (default `runs/compare`, or `MTIL_COMPARE_DIR`), groups
+the finished ones by the method (and, for the adapters, the policy) recorded in their `results.json`, and shows
+mean ± std over seeds, with what each trains and how long it took.
 
 The metrics (ZSCL definitions, `A[i][j]` = accuracy on dataset j after training task i):
 * **Transfer** — mean accuracy on datasets *before* they are learned: how much zero-shot ability survives.
@@ -188,14 +194,19 @@ The metrics (ZSCL definitions, `A[i][j]` = accuracy on dataset j after training 
         new_code_cell('''\
 COMPARE_DIR = locate(os.environ.get("MTIL_COMPARE_DIR", "runs/compare"))   # `mtil compare` writes runs/compare
 runs = [load_run(d) for d in find_runs(COMPARE_DIR)]
+def row_name(r):
+    """The grid's row: the policy for the MoE adapters, the method for a baseline."""
+    return r.policy if r.method == "moe" else r.method
+
+
 by_policy = {}
 for r in runs:
     if r.complete:
-        by_policy.setdefault(r.results["policy"], []).append(r.results)
+        by_policy.setdefault(row_name(r), []).append(r.results)
     else:
         print(f"unfinished, left out: {r.path} ({len(r.matrix)} of {len(r.tasks)} tasks)")
-for policy, results in by_policy.items():
-    print(f"{policy}: seeds {sorted(x['seed'] for x in results)}")
+for name, results in by_policy.items():
+    print(f"{name}: seeds {sorted(x['seed'] for x in results)}")
 '''),
         new_code_cell("display(plots.compare_policies(by_policy))"),
         new_code_cell('''\
@@ -204,26 +215,37 @@ def mean_std(values):
     return f"{v.mean():5.1f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:4.1f}"
 
 
-print(f"{'policy':>8}  seeds  {'Transfer':>12}  {'Avg':>12}  {'Last':>12}")
-for policy, results in by_policy.items():
-    print(f"{policy:>8}  {len(results):>5}  " + "  ".join(f"{mean_std(r[k] for r in results):>12}"
-                                                   for k in ("transfer", "avg", "last")))
+def trainable(r):
+    counts = [p.get("trainable") for p in r.get("params") or []]
+    return np.mean(counts) if counts and None not in counts else None
+
+
+print(f"{'row':>10}  seeds  {'Transfer':>12}  {'Avg':>12}  {'Last':>12}  {'Forgetting':>12}  {'trainable':>10}  train s")
+for name, results in by_policy.items():
+    params = [trainable(r) for r in results]
+    seconds = [sum(r["train_seconds"]) for r in results if r.get("train_seconds")]
+    print(f"{name:>10}  {len(results):>5}  " + "  ".join(f"{mean_std(r[k] for r in results):>12}"
+                                                     for k in ("transfer", "avg", "last", "forgetting"))
+          + f"  {np.mean(params) if None not in params else float('nan'):>10.0f}"
+          + f"  {np.mean(seconds) if seconds else float('nan'):7.1f}")
 '''),
         new_markdown_cell("""\
 ## Reading it
 
 The left panel shows, for each dataset, the accuracy after the last task: a policy that protects earlier tasks
 (`freeze`, `merge`) should hold up on the first datasets of the sequence where plain continual fine-tuning of the
-adapters (`none`) forgets. The right panel summarises. Error bars are the sample standard deviation over seeds;
+adapters (`none`) or of the whole model (`finetune`) forgets; the distillation baselines (`lwf`, `icarl`, `zscl`)
+and the weight averaging ones (`wiseft`, `zscl`) sit in between, and `zero-shot` is the floor of every learned
+task and the ceiling Transfer should stay near. The right panel summarises. Error bars are the sample standard deviation over seeds;
 differences smaller than them are not evidence. `mtil report COMPARE_DIR` prints the same numbers beside the
 published reference rows.
 
-Below, one accuracy matrix per policy (its first seed): the upper triangle is zero-shot transfer to tasks not yet
+Below, one accuracy matrix per row of the grid (its first seed): the upper triangle is zero-shot transfer to tasks not yet
 learned, the diagonal is accuracy right after learning a task, the columns below it show what later tasks did to
 it."""),
         new_code_cell('''\
-for policy in by_policy:
-    first = min((r for r in runs if r.complete and r.results["policy"] == policy), key=lambda r: r.results["seed"])
+for name in by_policy:
+    first = min((r for r in runs if r.complete and row_name(r) == name), key=lambda r: r.results["seed"])
     display(plots.accuracy_matrix(first))
 '''),
     ]

@@ -17,6 +17,7 @@ import torch
 
 from mtil import config
 from mtil.cli import main
+from mtil.engine import checkpoint
 from mtil.model import moe
 
 HERE = Path(__file__).resolve().parent
@@ -131,13 +132,24 @@ def case_checkpoint_unreadable(t):
 
 
 def case_checkpoint_from_another_moe_config(t):
-    """A checkpoint whose adapters were written with 4 experts (its config.yaml is gone, so only the tensors tell)."""
-    from mtil.model import backbone
-    other = moe.attach(backbone.load("mtil-tiny", None).model, num_experts=4, top_k=2, hidden=8, num_routers=3)
+    """A checkpoint written by a run with 4 experts, its config.yaml gone: the checkpoint's provenance record tells."""
+    from mtil import provenance
+    other = tiny_config(t.data, "--set=moe.num_experts=4")
     out = Path(t.out)
     (out / "checkpoints").mkdir(parents=True)
+    torch.save({"format": checkpoint.FORMAT, "provenance": provenance.record(other),
+                "progress": {"task": 0, "phase": "train", "step": 2, "global_step": 2}, "rows": []},
+               out / "checkpoints" / "last.pt")
+    return tiny(t.data, "--out", t.out, "--resume"), ["cannot resume", "moe.num_experts: 4 there, 6 now"]
+
+
+def case_checkpoint_of_an_earlier_mtil(t):
+    """A checkpoint without a provenance record (format 1) cannot be vouched for."""
+    from mtil.model import backbone
+    other = moe.attach(backbone.load("mtil-tiny", None).model, num_experts=6, top_k=2, hidden=8, num_routers=3)
+    out = _run_dir_with_config(t, tiny_config(t.data))
     torch.save({"format": 1, "adapters": other.adapter_state_dict()}, out / "checkpoints" / "last.pt")
-    return tiny(t.data, "--out", t.out, "--resume"), ["shape", "another moe config"]
+    return tiny(t.data, "--out", t.out, "--resume"), ["earlier mtil", "provenance", "new --out"]
 
 
 def case_checkpoint_of_another_version(t):
@@ -380,12 +392,24 @@ def case_compare_refuses_a_cell_of_another_config(t):
     cfg = t.tmp / "cmp.yaml"
     cfg.write_text(f"data: {{root: '{t.data}', order: [Red, Green]}}\n")
     from conftest import TINY_OVERRIDES
+    from mtil import provenance
     cell = _fake_run(Path(t.out) / "none-seed0")
     old = config.load(str(cfg), [*TINY_OVERRIDES, "policy.name=none", "seed=0", "output.plots=false"])
     (cell / "config.yaml").write_text(config.dump(old))
+    results = json.loads((cell / "results.json").read_text())
+    (cell / "results.json").write_text(json.dumps({**results, "provenance": provenance.record(old)}))
     return (["compare", str(cfg), "--policies", "none", "--seeds", "0", "--out", t.out,
              *[f"--set={o}" for o in TINY_OVERRIDES], "--set=train.lr=0.05"],
             ["none-seed0", "another config", "train.lr: 0.01 there, 0.05 now", "new --out"])
+
+
+def case_compare_refuses_a_cell_without_provenance(t):
+    cfg = t.tmp / "cmp.yaml"
+    cfg.write_text(f"data: {{root: '{t.data}', order: [Red, Green]}}\n")
+    from conftest import TINY_OVERRIDES
+    _fake_run(Path(t.out) / "none-seed0")
+    return (["compare", str(cfg), "--policies", "none", "--seeds", "0", "--out", t.out,
+             *[f"--set={o}" for o in TINY_OVERRIDES]], ["none-seed0", "records no provenance", "new --out"])
 
 
 CASES = [
@@ -398,6 +422,7 @@ CASES = [
     case_out_dir_read_only,
     case_checkpoint_unreadable,
     case_checkpoint_from_another_moe_config,
+    case_checkpoint_of_an_earlier_mtil,
     case_checkpoint_of_another_version,
     case_config_file_missing,
     case_config_invalid_yaml,
@@ -444,6 +469,7 @@ CASES = [
     case_report_truncated_results,
     case_report_results_is_a_list,
     case_compare_refuses_a_cell_of_another_config,
+    case_compare_refuses_a_cell_without_provenance,
 ]
 # (issue 15 items 9, 10, 12, 13: every key with a bad value is one more row of the table, generated below)
 
@@ -479,6 +505,10 @@ def bad_value(rule: str):
             return {"Red": bad_value(alt[4:-1])}
         if alt == "@block_range":
             return [3, 1]
+        if alt == "@dataset_name":
+            return "../Red"
+        if alt == "@device":
+            return "banana"
     if "str" in alts:
         return ""
     if "bool" in alts:

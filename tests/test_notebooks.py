@@ -24,11 +24,13 @@ def test_notebooks_are_generated_from_the_script():
 
 @pytest.fixture(scope="module")
 def compare_dir(tmp_path_factory, session_cache, demo_run):
-    """A small `mtil compare` grid on the demo stream (reusing the session's cached demo assets)."""
+    """A small `mtil compare` grid on the demo stream, a baseline and two policies (reusing the session's cached demo
+    assets)."""
     base = tmp_path_factory.mktemp("notebook-compare")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MTIL_CACHE", str(session_cache))
-        assert main(["compare", "--policies", "none,merge", "--seeds", "0", "--out", str(base),
+        assert main(["compare", "--methods", "finetune,moe", "--policies", "none,merge", "--seeds", "0",
+                     "--out", str(base),
                      "--set=data.order=[Letters,Pigments,MNIST]", "--set=train.iterations=20",
                      "--set=output.plots=false"]) == 0
     return base

@@ -22,12 +22,15 @@ and the ratio stays meaningful where a raw time does not. On a CPU device the cl
 6. `optimizer`: one `SlotAdamW` step (slot masks from one batch's routing, as the Trainer runs it) vs torch's
    `AdamW(foreach=True)` (and `fused=True` on CUDA) on the ViT-B-16 adapter parameter set (`optimizer_model`).
 
+7. `finetune`: a full fine-tuning step of the baselines (`mtil.methods.finetune`, with and without gradient
+   checkpointing) vs the MoE method's step: step time, and each variant's whole memory footprint measured alone.
+
 With CUDA and ViT-B-16, `projection` extrapolates the wall time of MTIL Order I from the measured step time
 and evaluation throughput. Library code: it logs and returns a dict; `mtil bench` prints it.
 
 Modules: `settings` (what to measure), `timing` (interleaved rounds, ratios), `memory` (peak memory),
 `baselines` (the plain adapter), `dispatch` (the reference per-expert loop), `steps` (models and step closures),
-`sections` (train, memory, dispatch, scaling), `optimizer` (the optimizer step), `evaluation` (eval), `projections` (targets, Order I projection),
+`sections` (train, memory, dispatch, scaling), `optimizer` (the optimizer step), `finetune` (full fine-tuning), `evaluation` (eval), `projections` (targets, Order I projection),
 `runner` (`run`, `profile_step`).
 """
 from .dispatch import reference_dispatch

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import MtilError
 from .evaluation import bench_eval
+from .finetune import bench_finetune
 from .optimizer import bench_optimizer
 from .projections import check_targets, projection
 from .sections import bench_dispatch, bench_memory, bench_scaling, bench_train
@@ -73,6 +74,9 @@ def run(settings: Settings | None = None, **overrides) -> dict:
         log.info("bench: scaling with experts and top-k")
         result["scaling"] = bench_scaling(f, variants["moe"] if variants else None)
     del variants
+    if "finetune" in s.sections:
+        log.info("bench: full fine-tuning (the baselines' step) vs the MoE method: step time and memory footprint")
+        result["finetune"] = bench_finetune(f)
     if "optimizer" in s.sections:
         log.info("bench: SlotAdamW step vs torch's AdamW on the %s adapter parameter set", s.optimizer_model)
         result["optimizer"] = bench_optimizer(s, device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MODEL_ALIASES = {"tiny": "mtil-tiny", "mid": "mtil-mid", "vit-b-16": "ViT-B-16", "vit-b/16": "ViT-B-16"}
-SECTIONS = ("train", "dispatch", "eval", "memory", "scaling", "optimizer")
+SECTIONS = ("train", "dispatch", "eval", "memory", "scaling", "optimizer", "finetune")
 
 
 @dataclass

@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
                    "ratios; wall time on CUDA")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--sections", default=None, help="comma-separated subset of the sections (train, dispatch, eval, "
-                   "memory, scaling, optimizer: mtil.bench.SECTIONS); default all")
+                   "memory, scaling, optimizer, finetune: mtil.bench.SECTIONS); default all")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
     p.add_argument("--profile", choices=["moe", "dense", "plain"], default=None,
@@ -98,6 +98,15 @@ def render(r: dict) -> list[str]:
                   + (f"\n  torch AdamW(fused=True)        {o['torch_fused_s']:.4f}" if "torch_fused_s" in o else ""),
                   f"  SlotAdamW / torch foreach      {o['slot_over_torch']:.3f}   IQR {_iqr(o.get('slot_over_torch_iqr'))}"
                   "   (target <= 1.2)"]
+    if "finetune" in r:
+        ft = r["finetune"]
+        lines += ["", f"full fine-tuning ({ft['trainable_finetune'] / 1e6:.2f}M trainable) vs the MoE method: median s "
+                  "per step, memory footprint MiB (model copy + grads + optimizer state + activations)"]
+        lines += [f"  {name:<24}{ft[name + '_s']:.4f}   {m['peak_delta_mb']:9.1f}   ({m['how']})"
+                  for name, m in ft["memory"].items()]
+        lines += [f"  fine-tuning / MoE: step {ft['finetune_over_moe']:.2f}x IQR {_iqr(ft.get('finetune_over_moe_iqr'))}, "
+                  f"memory {_f(ft['memory_finetune_over_moe'], 2)}x; checkpointing / plain fine-tuning: step "
+                  f"{ft['checkpointing_over_finetune']:.2f}x, memory {_f(ft['memory_checkpointing_over_finetune'], 2)}x"]
     if r.get("projection"):
         p = r["projection"]
         lines += ["", f"projected MTIL Order I: training {p['train_hours']:.2f} h "

@@ -1,6 +1,7 @@
 """What `mtil run` and `mtil demo` share: their options, the config they resolve, the run and its summary."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .. import config
@@ -14,7 +15,7 @@ def add_run_options(p, default_out: str = "runs/<config name>") -> None:
 
 def load_config(path, overrides, out: Path | None, resume: bool):
     """The given config; else, when resuming, the run's own config.yaml; else the schema defaults."""
-    if path is None and resume and out is not None and RunDir(out).config.exists():
+    if path is None and resume and out is not None and os.path.isfile(RunDir(out).config):
         path = RunDir(out).config
     return config.load(path, overrides)
 
@@ -38,14 +39,8 @@ def execute_run(cfg, out: Path, resume: bool) -> int:
     from ..demo.pretrain import resolve_demo_assets
     from ..engine.run import Run
     resolve_demo_assets(cfg)   # the demo's cached data and backbone, before the run exists
-    created = not out.exists()
-    try:
-        run = Run(cfg, out, resume)
-        results = run.execute()
-    except BaseException:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()   # a run that failed before writing anything leaves no empty directory behind
-        raise
+    run = Run(cfg, out, resume)   # a run that fails before writing anything leaves no directory behind (its claim)
+    results = run.execute()
     if run.accelerator.is_main_process:
         print("\n".join(summary_lines(results, out)))
         if cfg.output.plots:

@@ -8,13 +8,14 @@ parameter-matching table and trains nothing.
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..errors import MtilError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", default=None,
-                        help="study config (default: plasticity/demo.yaml, offline, about 4 CPU-minutes per seed)")
+                        help="study config (default: plasticity/demo.yaml, offline, about 8 CPU-minutes per seed)")
     parser.add_argument("--out", default="runs/plasticity",
                         help="output directory; finished (method, seed) runs in it are reused (default: %(default)s)")
     parser.add_argument("--methods", default=None, help="comma-separated subset of methods (default: study.methods)")
@@ -42,6 +43,8 @@ def execute(args) -> int:
     if args.params:
         print(study.params_markdown(study.param_rows(cfg, methods), cfg.study.chunks))
         return 0
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise MtilError(f"--out '{args.out}' is a file, not a folder; choose another --out")
     result = study.run_study(cfg, args.out, methods, seeds)
     print(result.table)
     if result.skipped:

@@ -2,6 +2,8 @@
 
 Sources: torchvision (downloads where a network exists), the Hugging Face hub (`--source hf`), or a local
 image folder / archive (`--from DIR`: one sub-folder per class, optionally inside `train/` + `test/`).
+With `--captions FILE`, `--from DIR` is any folder of images and the result is a reference set for the distillation
+baselines (`mtil.data.reference`: the images and the file's sentences, one per line).
 `mtil prepare --list` shows the registered datasets and which are prepared under --root.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  mtil prepare Cars --root data --source hf         # from the Hugging Face hub\n"
         "  mtil prepare EuroSAT --root data --from EuroSAT.zip\n"
         "  mtil prepare MyBirds --root data --from birds/ --template 'a photo of a {}, a type of bird.'\n"
+        "  mtil prepare Reference --root data --from imagenet/train --captions cc_captions.txt   # ZSCL's reference set\n"
         "folder layout: DIR/<class>/<image>, or DIR/train/<class>/<image> + DIR/test/<class>/<image>;\n"
         "class folders are class names (the registry's, or the source's own such as AnnualCrop, car_side,\n"
         "n01443537) or label indices; without a test folder a seeded 80/20 split is made (as ZSCL does).")
@@ -30,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default="data", help="data root; the dataset goes to ROOT/<Name> (default: data)")
     parser.add_argument("--list", action="store_true", help="list registered datasets and what is prepared under --root")
     parser.add_argument("--check", action="store_true",
-                        help="check that ROOT/<Name> loads (both splits, class names) instead of preparing it")
+                        help="check that ROOT/<Name> loads (both splits, class names) and is what mtil prepare "
+                        "recorded (row counts, class list, content hash) instead of preparing it")
     parser.add_argument("--from", dest="src", metavar="DIR", help="local image folder, archive, or torchvision root")
     parser.add_argument("--split-from", metavar="FILE",
                         help="JSON {\"train\": [...], \"test\": [...]} of image paths relative to --from "
@@ -42,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download-dir", metavar="DIR",
                         help="where torchvision downloads go (default: ROOT/.downloads; kept for re-use)")
     parser.add_argument("--cache-dir", metavar="DIR", help="Hugging Face datasets cache (default: HF's)")
-    parser.add_argument("--max-per-class", type=int, metavar="N", help="keep at most N images per class and split")
+    parser.add_argument("--max-per-class", type=int, metavar="N", help="keep at most N images per class and split "
+                        "(with --captions: per folder, e.g. an ImageNet subset)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing ROOT/<Name>")
     parser.add_argument("--index-base", type=int, choices=(0, 1), default=0,
                         help="numeric class folders are label indices counted from 0 (default) or 1")
@@ -51,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=42, help="seed of that split (default 42, as ZSCL)")
     parser.add_argument("--template", action="append", metavar="TEXT",
                         help="prompt template with {} for a new dataset (repeatable; the first trains)")
+    parser.add_argument("--captions", metavar="FILE",
+                        help="build a reference set for the distillation baselines (method zscl): every image under "
+                             "--from (any layout) plus FILE's sentences (one per line, or a JSON list); "
+                             "docs/baselines.md says which to use for the real benchmark")
 
 
 def _list(root: str) -> int:
@@ -98,7 +107,8 @@ def _check(root: str, name: str) -> int:
 
     info = prepared.load_info(root, name)
     splits = {split: prepared.load_split(root, name, split) for split in prepared.SPLITS}
-    prepared.check_consistent(root, name, info.classnames, splits)
+    prepared.check_consistent(root, name, info.classnames, splits)   # rows and class lists as recorded, too
+    fp = prepared.verify_content(root, name)                          # the data files' bytes re-hashed
     parts = []
     for split, ds in splits.items():
         labels = ds["label"]
@@ -106,6 +116,22 @@ def _check(root: str, name: str) -> int:
         first = ds[0]["image"]
     print(f"{info.name}: {info.num_classes} classes, {', '.join(parts)}; {len(info.templates)} templates; "
           f"first test image {first.size[0]}x{first.size[1]} {first.mode} -> ok")
+    content = ", ".join(f"{s} sha256 {e['sha256'][:12]}" for s, e in fp["splits"].items())
+    how = "as mtil prepare recorded" if fp["recorded"] else "no record to check against: prepared by hand or an earlier mtil"
+    print(f"  content: {content} ({how})")
+    return 0
+
+
+def _reference(args) -> int:
+    from ..data import reference
+
+    if not args.src:
+        raise MtilError("--captions needs --from DIR, the folder of the reference images")
+    images = reference.image_files(args.src, per_folder=args.max_per_class)
+    meta = reference.save_reference(args.root, args.name, images, reference.read_captions(args.captions),
+                                    overwrite=args.overwrite, source=f"{args.src} + {args.captions}")
+    print(f"prepared reference set {meta['name']}: {meta['images']} images, {meta['captions']} sentences -> "
+          f"{args.root}/{meta['name']} ({meta['seconds']:.1f}s); skipped undecodable images: {meta['skipped']}")
     return 0
 
 
@@ -121,6 +147,8 @@ def execute(args) -> int:
         raise MtilError("--max-per-class must be at least 1")
     if args.split_from and not args.src:
         raise MtilError("--split-from needs --from DIR (the folder its paths are relative to)")
+    if args.captions:
+        return _reference(args)
 
     from ..data import prepared, registry, sources
 

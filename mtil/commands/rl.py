@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from ..errors import MtilError
+from ..rundir.claim import claim
 
 
 def add_arguments(p) -> None:
@@ -49,6 +50,20 @@ def _compilation_cache():
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def _check_same_config(out: Path, cfg) -> None:
+    """--resume continues the run of out/config.yaml: any other value (a changed lr, seed, ...) is refused."""
+    from .. import config, provenance, rundir
+    if not (out / "config.yaml").is_file():
+        raise MtilError(f"--resume: {out} has no config.yaml, so its checkpoint cannot be checked against this "
+                        "config; start a new --out")
+    saved, now = config.flatten(rundir.read_config(out)), config.flatten(config.unwrap(cfg))
+    diffs = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(saved) | set(now))
+             if saved.get(k) != now.get(k)]
+    if diffs:
+        raise MtilError(f"cannot resume {out}: it was started with another config ({provenance.summary(diffs)}); "
+                        f"resume it with its own (`mtil rl --resume --out {out}`) or start a new --out")
+
+
 def execute(args) -> int:
     if args.compare is not None:
         from ..rl import compare
@@ -72,7 +87,17 @@ def execute(args) -> int:
     cfg = train.load_config(path, args.overrides)
     if out is None:
         out = Path("runs/rl") / Path(args.config).stem
-    results = train.Run(cfg, out, args.resume, args.start_from).execute(args.stop_after)
+    held = claim(out, args.resume, command="rl")   # not a file, not the user's folder, one writer at a time
+    try:
+        if args.resume:
+            _check_same_config(out, cfg)
+        run = train.Run(cfg, out, args.resume, args.start_from)
+        if args.start_from is not None and not args.resume:
+            run.snapshot_to_start_from()   # a source that does not fit is refused before anything is written
+        held.keep()
+        results = run.execute(args.stop_after)
+    finally:
+        held.release()
     final = results["final_return"]
     print(f"{results['label']}: {len(results['curve'])} curve points, final return "
           f"{'n/a' if final is None else f'{final:.2f}'} ({'complete' if results['complete'] else 'stopped'}; "

@@ -16,7 +16,7 @@ import hashlib
 import io
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -25,6 +25,7 @@ from PIL import Image
 
 from ..errors import MtilError
 from . import prepared
+from .prepared.encode import NoKnownRange
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class TaskData:
     templates: list[str]
     train: object          # datasets.Dataset with undecoded `image` column
     test: object
+    fingerprint: dict = field(default_factory=dict)   # what mtil prepare recorded (prepared.read_fingerprint)
 
     def prompts(self, all_templates: bool) -> list[list[str]]:
         """Per class, its prompts: the first template (training) or every template (evaluation)."""
@@ -98,11 +100,13 @@ def few_shot_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def load_task(data_cfg, name: str, seed: int) -> TaskData:
-    """Load one prepared dataset (train + test), apply few-shot and evaluation caps from the config."""
+    """Load one prepared dataset (train + test), checked against what mtil prepare recorded, and apply few-shot
+    and evaluation caps from the config."""
     info = prepared.load_info(data_cfg.root, name)
     train = _undecoded(prepared.load_split(data_cfg.root, name, "train"))
     test = _undecoded(prepared.load_split(data_cfg.root, name, "test"))
     prepared.check_consistent(data_cfg.root, name, info.classnames, {"train": train, "test": test})
+    fingerprint = prepared.read_fingerprint(data_cfg.root, name)
     if data_cfg.few_shot:
         labels = np.asarray(train["label"])
         train = train.select(few_shot_indices(labels, int(data_cfg.few_shot), seed_for(seed, name, "few-shot")))
@@ -110,7 +114,8 @@ def load_task(data_cfg, name: str, seed: int) -> TaskData:
     if cap is not None and len(test) > cap:
         rng = np.random.default_rng(seed_for(seed, name, "eval-cap"))
         test = test.select(np.sort(rng.permutation(len(test))[:cap]))
-    return TaskData(info.name if hasattr(info, "name") else name, list(info.classnames), list(info.templates), train, test)
+    return TaskData(info.name if hasattr(info, "name") else name, list(info.classnames), list(info.templates), train, test,
+                    fingerprint)
 
 
 def decode(record, dataset: str, split: str, index: int, bad_images: str) -> Image.Image | Undecodable:
@@ -120,11 +125,12 @@ def decode(record, dataset: str, split: str, index: int, bad_images: str) -> Ima
             img = Image.open(io.BytesIO(image["bytes"]))
         else:
             img = Image.open(image["path"])
-        return img.convert("RGB")
+        return prepared.to_rgb8(img)
     except Exception as e:  # PIL raises many types for broken files
+        why = str(e) if isinstance(e, NoKnownRange) else type(e).__name__
         if bad_images == "skip":
-            return Undecodable(dataset, split, index, type(e).__name__)
-        raise MtilError(f"image {index} of {dataset}/{split} cannot be decoded ({type(e).__name__}); re-run "
+            return Undecodable(dataset, split, index, why)
+        raise MtilError(f"image {index} of {dataset}/{split} cannot be decoded ({why}); re-run "
                         f"`mtil prepare {dataset}` or set data.bad_images=skip to skip and count such images") from None
 
 

@@ -84,6 +84,16 @@ def valid_name(name) -> bool:
     return isinstance(name, str) and _NAME_RE.match(name) is not None
 
 
+#: What a prompt template must be.
+TEMPLATE_RULE = "a string with exactly one '{}' where the class name goes and no other braces"
+
+
+def valid_template(template) -> bool:
+    """Whether `template` follows TEMPLATE_RULE (`template.format(name)` then puts the name in its one place)."""
+    return (isinstance(template, str) and template.count("{}") == 1 and template.count("{") == 1
+            and template.count("}") == 1)
+
+
 def _check_info(info: DatasetInfo, where: str) -> None:
     if not isinstance(info, DatasetInfo):
         raise MtilError(f"{where}: expected a DatasetInfo, got {type(info).__name__}")
@@ -96,9 +106,9 @@ def _check_info(info: DatasetInfo, where: str) -> None:
         dup = sorted({c for c in names if names.count(c) > 1})
         raise MtilError(f"{where}: dataset {info.name!r} has duplicate class names: {', '.join(map(repr, dup[:5]))}")
     templates = list(info.templates)
-    if not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
-        raise MtilError(f"{where}: dataset {info.name!r} needs a non-empty list of templates, each with '{{}}' "
-                        "where the class name goes")
+    if not templates or not all(valid_template(t) for t in templates):
+        raise MtilError(f"{where}: dataset {info.name!r} needs a non-empty list of templates, each "
+                        f"{TEMPLATE_RULE}")
 
 
 def _add(entry: _Entry, replace: bool) -> None:

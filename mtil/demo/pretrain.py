@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..config import unwrap
 from ..data.prepared import is_prepared
+from ..data.reference import is_reference
 from ..errors import MtilError
 from ..model.backbone import register_models
 from ..rundir import files
@@ -44,6 +45,7 @@ ASSETS_VERSION = 2  # bump when the data or the pre-training recipe changes, so 
 PACKAGED = Path(__file__).resolve().parent / "assets" / "demo-backbone.pt"
 PACKAGE_FORMAT = 1
 MAX_LOGIT_SCALE = math.log(100)
+REFERENCE = "Reference"   # the demo's reference set under its data root (method.zscl.reference's default)
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -303,7 +305,8 @@ def ensure_demo_assets(cache_dir: str | os.PathLike, cfg_section: Mapping | None
                        device: str | torch.device = "cpu") -> tuple[Path, Path]:
     """Build (once) and return the demo's data root and pre-trained checkpoint under `cache_dir/demo-<seed>/`.
 
-    Layout: `data/<Domain>/` (prepared format) + `data.json`, `<model>-pretrained.pt` + `pretrain.json`; the
+    Layout: `data/<Domain>/` (prepared format) + `data.json`, `data/Reference/` (the pre-training mixture as the
+    distillation baselines' reference set) + `reference.json`, `<model>-pretrained.pt` + `pretrain.json`; the
     JSON stamps record what the assets were built from, and a stamp that does not match `cfg_section` rebuilds
     that asset. Every file and folder is written under a temporary name and renamed into place.
     """
@@ -313,7 +316,7 @@ def ensure_demo_assets(cache_dir: str | os.PathLike, cfg_section: Mapping | None
         base.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MtilError(f"cannot create the demo cache {base} ({e.strerror}); set a writable cache directory") from None
-    data_root, data_stamp = base / "data", base / "data.json"
+    data_root, data_stamp, ref_stamp = base / "data", base / "data.json", base / "reference.json"
     ckpt, ckpt_stamp = base / f"{cfg['model']}-pretrained.pt", base / "pretrain.json"
 
     data_key = _data_key(cfg, seed)
@@ -331,6 +334,18 @@ def ensure_demo_assets(cache_dir: str | os.PathLike, cfg_section: Mapping | None
         os.replace(tmp, data_root)
         files.write_text(data_stamp, json.dumps(data_key, indent=1))
         log.info("demo data built in %.1f s", time.perf_counter() - t0)
+
+    ref_key = {"version": ASSETS_VERSION, "seed": int(seed), "name": REFERENCE, "mixture": mixture_sizes(cfg),
+               "captions_per_domain": cfg["pretrain"].get("captions_per_domain")}
+    if _read_json(ref_stamp) == ref_key and is_reference(data_root, REFERENCE):
+        log.info("demo reference set: reusing %s", data_root / REFERENCE)
+    else:
+        t0 = time.perf_counter()
+        meta = stream.build_reference(data_root, REFERENCE, seed, mixture_sizes(cfg), cfg["pretrain"]["domains"],
+                                      cfg["pretrain"].get("captions_per_domain"))
+        files.write_text(ref_stamp, json.dumps(ref_key, indent=1))
+        log.info("demo reference set (%d images, %d sentences) built in %.1f s", meta["images"], meta["captions"],
+                 time.perf_counter() - t0)
 
     pre_key = _pretrain_key(cfg, seed)
     packaged = load_packaged(pre_key)

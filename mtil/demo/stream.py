@@ -1,6 +1,7 @@
 """The demo's task stream (`build_stream(root, seed)`: every domain's train / test split in mtil's prepared format)
 and its pre-training mixture (`pretrain_mixture(seed, n)`: fresh image-caption pairs for
-`mtil.demo.pretrain.pretrain_clip`), both drawn by `mtil.demo.domains` from disjoint random streams."""
+`mtil.demo.pretrain.pretrain_clip`), both drawn by `mtil.demo.domains` from disjoint random streams; the mixture is
+also the demo's reference set for the distillation baselines (`build_reference`)."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..data.prepared import save_prepared
+from ..data.reference import save_reference
 from ..errors import MtilError
 from .domains import DOMAINS, SIZE, _domains, _rng, default_section
 
@@ -82,3 +84,13 @@ def pretrain_mixture(seed: int, n_per_domain: int | Mapping[str, int], domains: 
     log.info("pre-training mixture: %d images of %d domains, %d distinct captions", len(order), len(doms),
              len(set(captions)))
     return images[order], [captions[i] for i in order]
+
+
+def build_reference(root: str | os.PathLike, name: str, seed: int, sizes: Mapping[str, int], domains: Sequence[str],
+                    captions_per_domain: int | None = None) -> dict:
+    """Write the pre-training mixture as reference set `name` under `root` (`mtil.data.reference`): its images, and
+    its distinct captions (sorted) as the reference sentences. Disjoint from the stream, as ZSCL's ImageNet images
+    and Conceptual Captions sentences are from MTIL's datasets."""
+    images, captions = pretrain_mixture(seed, sizes, domains, captions_per_domain)
+    return save_reference(root, name, list(images), sorted(set(captions)), overwrite=True,
+                          source=f"the demo's pre-training mixture (seed {seed})")

@@ -1,5 +1,6 @@
 """The run checkpoint (`checkpoints/last.pt`): saved atomically, read with one clear error, and the RNG states it
-carries."""
+carries. Every checkpoint holds the provenance record of the run that wrote it (`mtil.provenance`), which
+`--resume` compares with the run it continues."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,8 @@ import torch
 from ..errors import MtilError
 from ..rundir import files
 
-FORMAT = 1
+FORMAT = 3   # 2: the run's provenance record (mtil.provenance) is part of every checkpoint; 3: the method's state
+             # under "method" (was "tracker" and "policy")
 
 
 def save(state: dict, path: str | os.PathLike) -> Path:
@@ -24,7 +26,10 @@ def load(path: str | os.PathLike) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a truncated or foreign file: torch raises several types
         raise MtilError(f"cannot read {path} ({type(e).__name__}); it is not an mtil checkpoint") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if isinstance(state, dict) and state.get("format") == 1:
+        raise MtilError(f"{path} was written by an earlier mtil without a provenance record, so this run cannot be "
+                        "checked against it; start a new --out (or finish it with the mtil version that wrote it)")
+    if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("provenance"), dict):
         raise MtilError(f"{path} is not an mtil checkpoint of this version")
     return state
 

@@ -1,20 +1,24 @@
-"""The policies x seeds grid: one run directory per cell, then one table and one figure.
+"""The methods (x policies) x seeds grid: one run directory per cell, then one table and one figure.
 
-Cells are `OUT/<policy>-seed<k>`, each keyed by its resolved config: a finished cell whose config.yaml equals the
-cell's config now (up to the keys `report.IGNORED_KEYS` lets differ within a group, seed excepted) is reused and
-named as such, an interrupted one resumed, so re-running the same command continues the grid. A cell written with
-another config (e.g. a changed `--set train.lr=...`) is never reused: compare stops and names the differing keys.
-The table is `mtil report` over the grid (mean ± std per policy); the figure is `plots.compare_policies`.
+Cells are `OUT/<policy>-seed<k>` for the MoE method with each policy and `OUT/<method>-seed<k>` for every other
+method (zero-shot, finetune, lwf, icarl, wiseft, zscl). A finished cell is reused only when the provenance record its
+results.json holds (`mtil.provenance`: config identity with its seed, backbone content, dataset content) is the one
+the cell would have now, and named as reused; an interrupted cell is resumed when its checkpoint's record is; so
+re-running the same command continues the grid. Any other cell (a changed `--set train.lr=...`, another
+`model.pretrained` file, another data root content, a record missing) stops the command, before anything runs, with
+what differs. The table is `mtil report` over the grid (mean ± std per method and policy, trainable parameters and
+training time, published rows beside their reproductions on an MTIL order); the figure is `plots.compare_policies`.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from .. import config, report, rundir
+from .. import config, provenance, report, rundir
 from ..errors import MtilError
 from ..rundir import files
 from ..rundir.layout import RunDir
+from . import checkpoint
 from .run import run
 
 log = logging.getLogger(__name__)
@@ -34,35 +38,49 @@ def cell_status(cell: Path) -> str:
     return "partial" if has_checkpoint else "new"
 
 
-def _comparable(cfg: dict) -> dict:
-    return config.flatten({**report.stripped_config(cfg), "seed": cfg.get("seed")})
+def _recorded(cell: Path, status: str) -> dict:
+    """The provenance record of a finished cell (its results.json) or of an interrupted one (its checkpoint)."""
+    if status == "partial":
+        return checkpoint.load(RunDir(cell).checkpoint)["provenance"]
+    rec = provenance.of_results(rundir.read_results(cell), RunDir(cell).results)
+    if rec is None:
+        raise MtilError(f"cell {cell} records no provenance (written by an earlier mtil), so it cannot be vouched "
+                        "for; give a new --out for this grid")
+    return rec
 
 
-def _differences(saved: dict, now: dict) -> list[str]:
-    old, new = _comparable(saved), _comparable(now)
-    return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k)]
+def variants(methods: list[str], policies: list[str]) -> list[tuple[str, list[str]]]:
+    """(cell name, overrides) of each row of the grid: the MoE method once per policy, every other method once."""
+    out = []
+    for method in methods:
+        if method == "moe":
+            out += [(policy, ["method.name=moe", f"policy.name={policy}"]) for policy in policies]
+        else:
+            out.append((method, [f"method.name={method}"]))
+    return out
 
 
 def run_grid(config_path, overrides: list[str], policies: list[str], seeds: list[int],
-             out: Path) -> tuple[list[Path], list[Path]]:
+             out: Path, methods: list[str] = ("moe",)) -> tuple[list[Path], list[Path]]:
     """Run every cell not yet finished; returns (cells, cells reused as already finished with this config)."""
+    from ..demo.pretrain import resolve_demo_assets
     plan = []
-    for policy in policies:
+    for name, chosen in variants(list(methods), policies):
         for seed in seeds:
-            cell = out / f"{policy}-seed{seed}"
-            cfg = config.load(config_path, [*overrides, f"policy.name={policy}", f"seed={seed}", "output.plots=false"])
+            cell = out / f"{name}-seed{seed}"
+            cfg = config.load(config_path, [*overrides, *chosen, f"seed={seed}", "output.plots=false"])
+            resolve_demo_assets(cfg)   # before its record: the demo's data and backbone are facts from the cache
             status = cell_status(cell)
-            if status != "new" and RunDir(cell).config.exists():
-                diff = _differences(rundir.read_config(cell), config.unwrap(cfg))
+            if status != "new":
+                diff = provenance.differences(_recorded(cell, status), provenance.record(cfg))
                 if diff:
-                    raise MtilError(f"cell {cell} was run with another config ({'; '.join(diff[:3])}"
-                                    f"{'; ...' if len(diff) > 3 else ''}); give a new --out for this grid")
+                    raise MtilError(f"cell {cell} was run with another config, backbone or data "
+                                    f"({provenance.summary(diff)}); give a new --out for this grid")
             plan.append((cell, cfg, status))
     reused = []
     for cell, cfg, status in plan:
         if status == "done":
-            log.info("%s: finished with the same resolved config, reused", cell.name)
+            log.info("%s: finished with the same config, backbone and data, reused", cell.name)
             reused.append(cell)
             continue
         log.info("%s: %s", cell.name, "resuming" if status == "partial" else "starting")

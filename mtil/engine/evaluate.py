@@ -7,7 +7,9 @@ router whatever its dataset (`task-free`, DynamicMoE's setting: no task identity
 adapters too), or none (`zero-shot`; and in `oracle` / `selector` every sample of a task not learned yet); a
 routed sample runs through the adapted image tower with its router, an unrouted one is answered from the cached
 zero-shot features. Text features are
-computed once per (row, dataset, router), with the ensemble of the dataset's templates.
+computed once per (row, dataset, router), with the ensemble of the dataset's templates. A method that trains the
+backbone itself (full fine-tuning, `mtil.methods`) is evaluated in `whole-model` mode: every sample and every prompt
+through the current weights (one model for every dataset, as ZSCL evaluates), nothing cached but labels and pixels.
 Images that cannot be decoded under `data.bad_images: skip` are left out of the accuracy.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..model.moe import AdaptedCLIP
 from .selector import UNSEEN, TaskSelector
 
 log = logging.getLogger(__name__)
-MODES = ("oracle", "selector", "task-free", "zero-shot")
+MODES = ("oracle", "selector", "task-free", "zero-shot", "whole-model")
 
 
 @dataclass
@@ -41,9 +43,10 @@ class CachedTest:
 class Evaluator:
     def __init__(self, model: AdaptedCLIP, tasks: list[TaskData], transform, tokenizer, *, eval_cfg, selector_cfg,
                  data_cfg, seed: int, shared_router: bool, device, autocast=nullcontext,
-                 skipped: Skipped | None = None):
-        if eval_cfg.mode not in MODES:
-            raise MtilError(f"eval.mode must be one of {', '.join(MODES)}, got {eval_cfg.mode!r}")
+                 skipped: Skipped | None = None, mode: str | None = None):
+        self.mode = eval_cfg.mode if mode is None else mode   # the method's mode wins (mtil.methods: whole-model)
+        if self.mode not in MODES:
+            raise MtilError(f"eval.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         self.model, self.tasks, self.transform, self.tokenizer = model, tasks, transform, tokenizer
         self.cfg, self.data_cfg, self.seed = eval_cfg, data_cfg, seed
         self.shared_router, self.device, self.autocast = shared_router, device, autocast
@@ -61,13 +64,17 @@ class Evaluator:
 
     @torch.no_grad()
     def _frozen_features(self, ds, name: str, split: str, keep_pixels: bool) -> CachedTest:
+        """(In whole-model mode the features would go stale with the weights: they are left empty, [n, 0].)"""
         feats, labels, indices, pixels = [], [], [], []
         for batch in self._loader(ds, name, split):
             if batch is None:
                 continue
             x, y, idx = batch
-            with self.autocast():
-                feats.append(self.model.encode_image(x.to(self.device), route=UNSEEN).float().cpu())
+            if self.mode == "whole-model":
+                feats.append(torch.empty(len(x), 0))
+            else:
+                with self.autocast():
+                    feats.append(self.model.encode_image(x.to(self.device), route=UNSEEN).float().cpu())
             labels.append(y)
             indices.append(idx)
             if keep_pixels:
@@ -97,7 +104,8 @@ class Evaluator:
     @torch.no_grad()
     def text_features(self, j: int, route: int) -> torch.Tensor:
         """Class embeddings of task j: per class, the normalized mean of its normalized template embeddings."""
-        if route == UNSEEN and j in self._zero_shot_text:
+        cache = route == UNSEEN and self.mode != "whole-model"   # whole-model: the text tower trains
+        if cache and j in self._zero_shot_text:
             return self._zero_shot_text[j]
         prompts = self.tasks[j].prompts(all_templates=True)
         flat = [p for per_class in prompts for p in per_class]
@@ -108,7 +116,7 @@ class Evaluator:
                 out.append(self.model.encode_text(tokens[i:i + self.cfg.batch_size].to(self.device), route=route).float())
         emb = torch.cat(out).view(len(prompts), -1, out[0].shape[-1]).mean(1)
         emb = emb / emb.norm(dim=-1, keepdim=True)
-        if route == UNSEEN:
+        if cache:
             self._zero_shot_text[j] = emb
         return emb
 
@@ -131,7 +139,9 @@ class Evaluator:
     def routes(self, j: int, learned: int, feats: torch.Tensor) -> torch.Tensor:
         """Task id per sample of dataset j after tasks 0..learned-1 were trained (-1 = zero-shot CLIP)."""
         n = feats.shape[0]
-        mode = self.cfg.mode
+        mode = self.mode
+        if mode == "whole-model":
+            return torch.full((n,), UNSEEN, dtype=torch.long)   # no adapters: the model itself answers
         if mode == "zero-shot" or learned == 0:
             return torch.full((n,), UNSEEN, dtype=torch.long)
         if mode == "oracle":
@@ -142,23 +152,23 @@ class Evaluator:
 
     @torch.no_grad()
     def _adapted_features(self, j: int, cached: CachedTest, positions: torch.Tensor, routers: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(len(positions), cached.features.shape[1])
+        out = []
         bs = self.cfg.batch_size
         if cached.pixels is not None:
             for i in range(0, len(positions), bs):
                 x = cached.pixels[positions[i:i + bs]].to(self.device, torch.float32)
                 with self.autocast():
-                    out[i:i + bs] = self.model.encode_image(x, route=routers[i:i + bs].to(self.device)).float().cpu()
-            return out
+                    out.append(self.model.encode_image(x, route=routers[i:i + bs].to(self.device)).float().cpu())
+            return torch.cat(out)
         task = self.tasks[j]
         subset = task.test.select(cached.indices[positions].tolist())
         at = 0
         for x, _, _ in self._loader(subset, task.name, "test"):
             with self.autocast():
-                out[at:at + len(x)] = self.model.encode_image(
-                    x.to(self.device), route=routers[at:at + len(x)].to(self.device)).float().cpu()
+                out.append(self.model.encode_image(x.to(self.device), route=routers[at:at + len(x)].to(self.device))
+                           .float().cpu())
             at += len(x)
-        return out
+        return torch.cat(out)
 
     @torch.no_grad()
     def row(self, learned: int) -> dict:
@@ -174,7 +184,11 @@ class Evaluator:
             total += len(task_routes)
             routers = task_routes.clamp(max=0) if self.shared_router else task_routes
             zs_text = self.text_features(j, UNSEEN)
-            logits = cached.features @ zs_text.t()
+            if self.mode == "whole-model":   # every sample through the current weights
+                every = torch.arange(len(task_routes))
+                logits = self._adapted_features(j, cached, every, task_routes) @ zs_text.t()
+            else:
+                logits = cached.features @ zs_text.t()
             routed = (task_routes != UNSEEN).nonzero().squeeze(1)
             if len(routed):
                 feats = self._adapted_features(j, cached, routed, routers[routed])
@@ -183,4 +197,4 @@ class Evaluator:
                     logits[routed[sel]] = feats[sel] @ self.text_features(j, int(r)).t()
             accs.append(float((logits.argmax(1) == cached.labels).float().mean() * 100))
         self.model.train(was_training)
-        return {"accuracies": accs, "selector_accuracy": 100.0 * correct_task / total if self.cfg.mode == "selector" else None}
+        return {"accuracies": accs, "selector_accuracy": 100.0 * correct_task / total if self.mode == "selector" else None}

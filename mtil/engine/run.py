@@ -1,11 +1,14 @@
 """One MTIL run, start to end: the walk of DESIGN.md section 8.
 
-config -> backbone.load -> policies.build -> moe.attach -> policy.attach -> for each task: Trainer.fit ->
-Evaluator.row -> results + checkpoint (atomic) -> metrics.summarize. Checkpoints hold adapters, routers, masks, optimizer,
-scheduler, RNG states, tracker and policy state (never the frozen backbone) and the phase reached, so
-`resume=True` continues mid-task, after training, or after evaluation and ends with the same matrix.
+config -> backbone.load -> methods.build -> method.attach (the MoE method: moe.attach + policy.attach) -> for each
+task: Trainer.fit -> Evaluator.row -> results + checkpoint (atomic) -> metrics.summarize. Checkpoints hold the
+adapters (routers, masks), the method's state (MoE: tracker and policy; a full fine-tuning baseline: its trained
+weights and what it keeps between tasks), optimizer, scheduler and RNG states (never the frozen backbone) and the
+phase reached, so `resume=True` continues mid-task, after training, or after evaluation and ends with the same matrix.
 
-Run directory: config.yaml (resolved), results.json, events.jsonl, usage.npz, checkpoints/last.pt, figures/.
+Run directory: config.yaml (resolved), results.json, events.jsonl, usage.npz, checkpoints/last.pt, figures/,
+.mtil.lock (mtil.rundir.claim). results.json and every checkpoint hold the run's provenance record
+(mtil.provenance); --resume continues only a checkpoint whose record is this run's.
 """
 from __future__ import annotations
 
@@ -17,23 +20,21 @@ from pathlib import Path
 
 import torch
 
-from .. import config, metrics, policies, rundir
+from .. import config, methods, metrics, provenance, rundir
 from ..config import Config
 from ..data import pipeline
 from ..errors import MtilError, NonFiniteLoss
-from ..model import backbone, moe
-from ..model.usage import UsageTracker
+from ..model import backbone
 from ..rundir import files
+from ..rundir.claim import Claim, claim
 from ..rundir.layout import CHECKPOINT, RunDir
 from . import checkpoint
 from .evaluate import Evaluator
+from .selector import check_sizes
 from .train import Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
-# keys that may differ between the run that wrote a checkpoint and the run that resumes it (the data and
-# backbone paths: a run directory moved to another machine or MTIL_CACHE, the demo's cached assets included)
-RESUME_MAY_CHANGE = {"data.root", "data.num_workers", "eval.batch_size", "eval.pixel_cache_mb", "output.plots",
-                     "train.log_every", "model.pretrained"}
+LR_MAPS = ("train.lr_per_task", "method.finetune.lr_per_task")   # per-task learning rates (adapters, full fine-tuning)
 
 
 def versions() -> dict:
@@ -46,35 +47,39 @@ def versions() -> dict:
     return out
 
 
-def check_compatible(saved: dict, current: Config, progress: dict | None = None) -> None:
-    """Refuse a resume whose config differs from the run's, except RESUME_MAY_CHANGE and, at a task boundary,
-    train.lr_per_task of the tasks not started yet (the way on after a NaN loss)."""
-    old, new = config.flatten(saved), config.flatten(config.unwrap(current))
-    may_change = set(RESUME_MAY_CHANGE)
-    if progress is not None and progress["phase"] == "train" and progress["step"] == 0:
-        may_change |= {f"train.lr_per_task.{n}" for n in current.data.order[progress["task"]:]}
-    for key in sorted(set(old) | set(new)):
-        if key in may_change or any(key.startswith(k + ".") for k in RESUME_MAY_CHANGE):
-            continue
-        if key == "train.lr_per_task" and old.get(key, {}) in ({}, None) and new.get(key, {}) in ({}, None):
-            continue   # {} flattens to this key, a non-empty map to its entries
-        if old.get(key) != new.get(key):
-            raise MtilError(f"the checkpoint in this run directory was written with {key}={old.get(key)!r}, now "
-                            f"{new.get(key)!r}; resume with the original config or start a new --out")
+def check_resumable(saved: dict, current: dict, progress: dict, rows: int, out: Path) -> None:
+    """Refuse to resume a checkpoint whose provenance record is not the current run's: another config (besides the
+    keys provenance.identity leaves out and, at a task boundary, the per-task lrs (LR_MAPS) of the tasks not started:
+    the way on after a NaN loss), another backbone, other data. Data nothing has read yet may have changed (the
+    way on after an undecodable image: re-prepare the dataset, resume): the training split of a task not started,
+    every test split before the first row."""
+    order = current["config"]["data"]["order"]
+    started = progress["task"] + (progress["phase"] != "train" or progress["step"] > 0)
+    ignore = ([f"{k}.{n}" for k in LR_MAPS for n in order[progress["task"]:]] if started == progress["task"]
+              else [])
+    unread = {(n, "train") for n in order[started:]} | ({(n, "test") for n in order} if rows == 0 else set())
+    diffs = provenance.differences(saved, current, ignore, unread)
+    if diffs:
+        raise MtilError(f"cannot resume {out}: its checkpoint was written by another run ({provenance.summary(diffs)}"
+                        f"); resume with that run's config, backbone and data, or start a new --out")
 
 
-def prepare_out_dir(out: Path, resume: bool) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise MtilError(f"output directory '{out}' is not writable ({e.strerror}); choose another --out") from None
-    if resume and not RunDir(out).checkpoint.exists():
-        raise MtilError(f"--resume: no checkpoint in '{out}' ({CHECKPOINT} missing); run without --resume to start")
+def prepare_out_dir(out: Path, resume: bool) -> Claim:
+    """Claim (check and lock) the run directory; a new run needs one without a run, a resume one with a
+    checkpoint. Returns the claim, released when the run ends."""
     if not resume and RunDir(out).has_run():
         raise MtilError(f"'{out}' already holds a run; continue it with --resume or choose another --out")
+    held = claim(out, resume)
+    try:
+        if resume and not RunDir(out).checkpoint.exists():
+            raise MtilError(f"--resume: no checkpoint in '{out}' ({CHECKPOINT} missing); run without --resume to "
+                            "start")
+        if not resume and RunDir(out).has_run():
+            raise MtilError(f"'{out}' already holds a run; continue it with --resume or choose another --out")
+    except BaseException:
+        held.release()
+        raise
+    return held
 
 
 class Run:
@@ -83,7 +88,6 @@ class Run:
 
     def __init__(self, cfg: Config, out: str | os.PathLike, resume: bool = False):
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
 
         if cfg.data.demo and cfg.model.pretrained is None:
             raise MtilError("a data.demo config reached the run without its assets; resolve them first with "
@@ -92,8 +96,22 @@ class Run:
         self.dir = RunDir(out)
         # every value was checked against its base.yaml rule when the config was loaded (mtil.config)
         self.accelerator = Accelerator(mixed_precision="no" if cfg.model.precision == "fp32" else cfg.model.precision)
-        if self.accelerator.is_main_process:
-            prepare_out_dir(self.out, resume)
+        self.claim = prepare_out_dir(self.out, resume) if self.accelerator.is_main_process else None
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run directory's lock (the run is over, or never started)."""
+        if self.claim is not None:
+            self.claim.release()
+
+    def _build(self) -> None:
+        from accelerate.utils import set_seed
+
+        cfg, resume = self.cfg, self.resume
         self.accelerator.wait_for_everyone()
         set_seed(cfg.seed, device_specific=True)
         if cfg.threads:
@@ -101,26 +119,24 @@ class Run:
         self.backbone = backbone.load(cfg.model.name, cfg.model.pretrained, device=self.accelerator.device)
         self.tasks = [pipeline.load_task(cfg.data, name, cfg.seed) for name in cfg.data.order]
         self.names = [t.name for t in self.tasks]
-        kwargs = dict(towers=tuple(cfg.moe.towers), blocks=cfg.moe.blocks, num_experts=cfg.moe.num_experts,
-                      top_k=cfg.moe.top_k, hidden=cfg.moe.hidden, gating=cfg.moe.gating,
-                      noisy_gating=cfg.moe.noisy_gating, dropout=cfg.moe.dropout, scale=cfg.moe.scale,
-                      adapter_input=cfg.moe.adapter_input, expert_init=cfg.moe.expert_init,
-                      num_routers=len(self.tasks) if cfg.moe.router == "per_task" else 1)
-        self.policy = policies.build(cfg)
-        kwargs.update(self.policy.adapter_overrides())
-        self.adapted = moe.attach(self.backbone.model, **kwargs)
-        self.tracker = UsageTracker(self.adapted)
-        self.policy.attach(self.adapted, self.tracker, fresh=not resume)
+        self.provenance = provenance.record(cfg, {n: t.fingerprint for n, t in zip(cfg.data.order, self.tasks)})
+        self.method = methods.build(cfg)
+        self.eval_mode = self.method.eval_mode(cfg.eval.mode)
+        if self.eval_mode == "selector":
+            check_sizes(cfg.selector, {t.name: min(len(t.train), cfg.selector.max_fit_samples) for t in self.tasks},
+                        getattr(self.backbone.model.visual, "output_dim", None))
+        self.adapted = self.method.attach(self.backbone, self.accelerator, self.tasks, fresh=not resume)
         self.skipped = pipeline.Skipped()   # undecodable images skipped in this run, each counted and logged once
         self.train_settings = TrainSettings.from_config(cfg)
         self.evaluator = Evaluator(self.adapted, self.tasks, self.backbone.preprocess_val, self.backbone.tokenizer,
                                    eval_cfg=cfg.eval, selector_cfg=cfg.selector, data_cfg=cfg.data, seed=cfg.seed,
                                    shared_router=cfg.moe.router == "shared", device=self.accelerator.device,
-                                   autocast=self.accelerator.autocast, skipped=self.skipped)
+                                   autocast=self.accelerator.autocast, skipped=self.skipped, mode=self.eval_mode)
         self.progress = {"task": 0, "phase": "train", "step": 0, "global_step": 0}
         self.rows: list[list[float]] = []
         self.selector_accuracy: list[float | None] = []
         self.params: list[dict] = []
+        self.train_seconds: list[float] = []
         self.train_state = None
 
     # ---- state --------------------------------------------------------------------------------------------------
@@ -130,9 +146,9 @@ class Run:
             rng = [None] * self.accelerator.num_processes
             torch.distributed.all_gather_object(rng, checkpoint.rng_state())
         return {"progress": dict(self.progress), "adapters": self.adapted.adapter_state_dict(),
-                "train_state": train_state, "rng": rng, "tracker": self.tracker.state_dict(),
-                "policy": self.policy.state_dict(), "rows": self.rows, "selector_accuracy": self.selector_accuracy,
-                "params": self.params}
+                "train_state": train_state, "rng": rng, "method": self.method.state_dict(), "rows": self.rows,
+                "selector_accuracy": self.selector_accuracy, "params": self.params,
+                "train_seconds": self.train_seconds, "provenance": self.provenance}
 
     def save(self, train_state: dict | None = None) -> None:
         state = self.state(train_state)
@@ -142,17 +158,16 @@ class Run:
         self.accelerator.wait_for_everyone()
 
     def load(self) -> None:
-        saved_cfg = rundir.read_config(self.out) if self.dir.config.exists() else None
         state = checkpoint.load(self.dir.checkpoint)
-        if saved_cfg is not None:
-            check_compatible(saved_cfg, self.cfg, state.get("progress"))
-            if self.accelerator.is_main_process and saved_cfg != config.unwrap(self.cfg):
-                files.write_text(self.dir.config, config.dump(self.cfg))
+        check_resumable(state["provenance"], self.provenance, state["progress"], len(state["rows"]), self.out)
+        if self.accelerator.is_main_process and (not self.dir.config.exists()
+                                                 or rundir.read_config(self.out) != config.unwrap(self.cfg)):
+            files.write_text(self.dir.config, config.dump(self.cfg))
         self.adapted.load_adapter_state_dict(state["adapters"])
-        self.tracker.load_state_dict(state["tracker"])
-        self.policy.load_state_dict(state["policy"])
+        self.method.load_state_dict(state["method"])
         self.progress = state["progress"]
         self.rows, self.selector_accuracy, self.params = state["rows"], state["selector_accuracy"], state["params"]
+        self.train_seconds = state["train_seconds"]
         self.train_state = state["train_state"]
         rng = state["rng"]
         checkpoint.set_rng_state(rng[self.accelerator.process_index if len(rng) > 1 else 0])
@@ -162,11 +177,13 @@ class Run:
     # ---- outputs ------------------------------------------------------------------------------------------------
     def results(self) -> dict:
         complete = len(self.rows) == len(self.tasks)
-        out = {"tasks": self.names, "matrix": self.rows, "complete": complete, "policy": self.cfg.policy.name,
-               "eval_mode": self.cfg.eval.mode, "seed": self.cfg.seed, "selector_accuracy": self.selector_accuracy,
+        out = {"tasks": self.names, "matrix": self.rows, "complete": complete, "method": self.cfg.method.name,
+               "policy": self.cfg.policy.name if self.cfg.method.name == "moe" else None,
+               "eval_mode": self.eval_mode, "seed": self.cfg.seed, "selector_accuracy": self.selector_accuracy,
                "selector": ({"method": self.cfg.selector.method, "mode": self.cfg.selector.mode}
-                            if self.cfg.eval.mode == "selector" else None),
-               "params": self.params, "versions": versions()}
+                            if self.eval_mode == "selector" else None),
+               "params": self.params, "train_seconds": self.train_seconds, "versions": versions(),
+               "provenance": self.provenance}
         if complete:
             summary = metrics.summarize(self.rows, self.names)
             out.update(summary)
@@ -176,47 +193,61 @@ class Run:
 
     def write_outputs(self) -> None:
         files.write_json(self.dir.results, self.results())
-        files.write_jsonl(self.dir.events, self.policy.events)
-        files.numpy_savez(self.dir.usage, **self.tracker.arrays(self.names))
+        files.write_jsonl(self.dir.events, self.method.events)
+        usage = self.method.usage(self.names)
+        if usage is not None:
+            files.numpy_savez(self.dir.usage, **usage)
 
     # ---- the task loop ------------------------------------------------------------------------------------------
     def execute(self) -> dict:
+        try:
+            return self._execute()
+        finally:
+            self.close()
+
+    def _execute(self) -> dict:
         if self.resume:
             self.load()
+        if self.claim is not None:
+            self.claim.keep()   # from here on the run directory holds this run's files
+        if self.resume:
             if self.accelerator.is_main_process:   # rewritten from the checkpoint: repairs damaged or stale copies
                 self.write_outputs()
         elif self.accelerator.is_main_process:
             files.write_text(self.dir.config, config.dump(self.cfg))
         trainer = Trainer(self.train_settings, accelerator=self.accelerator,
-                          model=self.accelerator.prepare_model(self.adapted), adapted=self.adapted,
-                          policy=self.policy, tracker=self.tracker, transform=self.backbone.preprocess_train,
-                          tokenizer=self.backbone.tokenizer, skipped=self.skipped)
-        routers = [t if self.cfg.moe.router == "per_task" else 0 for t in range(len(self.tasks))]
-        if self.cfg.eval.mode == "selector":
+                          model=self.accelerator.prepare_model(self.method.module), method=self.method,
+                          transform=self.backbone.preprocess_train, tokenizer=self.backbone.tokenizer,
+                          skipped=self.skipped)
+        if self.eval_mode == "selector":
             last_fitted = self.progress["task"] if self.progress["phase"] == "train" else self.progress["task"] + 1
             for t in range(last_fitted):
                 self.evaluator.fit_selector(t)
         while self.progress["task"] < len(self.tasks):
             t = self.progress["task"]
             if self.progress["phase"] == "train":
-                started = time.time()
+                # time spent on this task before a mid-task checkpoint this run resumed from
+                started = time.time() - (self.train_state or {}).get("seconds", 0.0)
 
                 def save_mid_task(train_state, t=t):
                     self.progress.update(step=train_state["step"], global_step=train_state["global_step"])
-                    self.save(train_state)
+                    self.save({**train_state, "seconds": time.time() - started})
 
-                try:
-                    global_step = trainer.fit(self.tasks[t], t, routers[t], start_step=self.progress["step"],
-                                              global_step=self.progress["global_step"],
-                                              resume_state=self.train_state, save_checkpoint=save_mid_task)
-                except NonFiniteLoss as e:
-                    raise MtilError(f"{e}; {self._nan_advice(t)}") from None
+                global_step = self.progress["global_step"]
+                if self.method.trains:
+                    try:
+                        global_step = trainer.fit(self.tasks[t], t, start_step=self.progress["step"],
+                                                  global_step=global_step, resume_state=self.train_state,
+                                                  save_checkpoint=save_mid_task)
+                    except NonFiniteLoss as e:
+                        raise MtilError(f"{e}; {self._nan_advice(t)}") from None
                 self.train_state = None
-                self.params.append({"task": self.names[t], **self.adapted.param_counts()})
+                self.train_seconds.append(round(time.time() - started, 3) if self.method.trains else 0.0)
+                self.params.append({"task": self.names[t], **self.method.param_counts()})
                 self.progress.update(phase="trained", step=self.cfg.train.iterations, global_step=global_step)
                 self.save()
                 log.info("task %d/%d %s trained in %.1fs", t + 1, len(self.tasks), self.names[t], time.time() - started)
-            if self.cfg.eval.mode == "selector":
+            if self.eval_mode == "selector":
                 self.evaluator.fit_selector(t)
             if self.accelerator.is_main_process:
                 row = self.evaluator.row(t + 1)
@@ -232,9 +263,9 @@ class Run:
 
     def _nan_advice(self, t: int) -> str:
         """What to do after a NaN loss in task t, given the checkpoint the run directory holds."""
-        key = f"train.lr_per_task.{self.names[t]}"
+        key = self.method.lr_key(self.names[t])
         if not self.dir.checkpoint.exists():
-            return f"no task has finished, so there is nothing to resume: lower {key} (or train.lr) and run again"
+            return f"no task has finished, so there is nothing to resume: lower {key} and run again"
         state = checkpoint.load(self.dir.checkpoint)["progress"]
         if state["task"] == t and state["phase"] == "train" and state["step"] > 0:
             return (f"the last checkpoint is at step {state['step']} of this task and --resume would keep its learning "

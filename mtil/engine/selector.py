@@ -132,3 +132,20 @@ class TaskSelector:
         best = key.argmin(axis=1)
         pred = np.where(dist[np.arange(n), best] / thr[best] <= self.margin, tasks[best], UNSEEN)
         return torch.from_numpy(pred).long()
+
+
+def check_sizes(section, fit_sizes: dict[str, int], feature_dim: int | None) -> None:
+    """A selector setting larger than what a task's data allows is one MtilError line naming the key (the models
+    above would otherwise clamp it without a word). `fit_sizes`: task -> training images its selector is fitted
+    on; `feature_dim`: the frozen features' width (None when unknown)."""
+    for name, n in fit_sizes.items():
+        if section["method"] == "knn" and section["neighbours"] > n - 1:
+            raise MtilError(f"config key 'selector.neighbours' = {section['neighbours']} is larger than task {name} "
+                            f"allows: its selector is fitted on {n} training images, each left out of its own "
+                            f"neighbours, so at most {n - 1}")
+        if section["method"] == "pca":
+            limit = min(n - 1, feature_dim) if feature_dim else n - 1
+            if section["components"] > limit:
+                raise MtilError(f"config key 'selector.components' = {section['components']} is larger than task "
+                                f"{name} allows: at most {limit} (its selector is fitted on {n} training images"
+                                f"{f' of {feature_dim}-d features' if feature_dim else ''})")

@@ -7,6 +7,7 @@ the demo's own pre-training). `register_models` makes the package's `mtil-tiny` 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -51,7 +52,7 @@ def _classify_pretrained(name: str, pretrained: str | None) -> tuple[str, str | 
                             "point local-dir: at a folder written by open_clip (config + weights)")
         return f"local-dir:{folder}", None
     path = Path(pretrained).expanduser()
-    if path.is_file():
+    if os.path.isfile(path):   # not Path.is_file: a name the OS refuses (too long) is no file either
         return name, str(path)
     looks_like_path = any(s in pretrained for s in ("/", "\\")) or path.suffix in {".pt", ".pth", ".bin", ".safetensors"}
     if looks_like_path:
@@ -74,10 +75,11 @@ def load(name: str, pretrained: str | None = None, device: str | torch.device = 
     try:
         model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
             model_name, pretrained=weights, device=device, weights_only=False)
-    except (RuntimeError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MtilError(f"could not load weights '{pretrained}' for {name}: {first}. Without network, download "
-                        "them elsewhere and pass the local file as model.pretrained") from None
+    except Exception as e:  # torch / pickle / safetensors raise many types for a file that holds no weights
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise MtilError(f"could not load weights '{pretrained}' for {name}: {type(e).__name__}"
+                        f"{': ' + first if first else ''}. Give a checkpoint file of this model (without network, "
+                        "download it elsewhere and pass the local file as model.pretrained)") from None
     tokenizer = open_clip.get_tokenizer(model_name)
     freeze(model)
     log.info("loaded %s (pretrained=%s), %.1fM frozen parameters", name, pretrained,

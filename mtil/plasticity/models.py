@@ -44,6 +44,15 @@ def mlp3(in_dim: int, hidden1: int, hidden2: int, out_dim: int) -> nn.Sequential
                          nn.Linear(hidden2, out_dim))
 
 
+def run_mlp3(net: nn.Sequential, x: torch.Tensor, note) -> torch.Tensor:
+    """Forward through an `mlp3`, passing its two hidden ReLU outputs to `note(name, units)`."""
+    h1 = net[1](net[0](x))
+    note("h1", h1)
+    h2 = net[3](net[2](h1))
+    note("h2", h2)
+    return net[4](h2)
+
+
 def mlp3_params(in_dim: int, hidden1: int, hidden2: int, out_dim: int) -> int:
     return (in_dim + 1) * hidden1 + (hidden1 + 1) * hidden2 + (hidden2 + 1) * out_dim
 

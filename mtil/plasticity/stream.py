@@ -8,17 +8,23 @@ from ..errors import MtilError
 
 
 class ChunkStream:
-    """Seeded split of `num_examples` indices (optionally a random subset of `keep`) into `chunks` disjoint chunks.
+    """Seeded split of `num_examples` indices (optionally a random subset of `keep`) into `chunks` disjoint chunks,
+    after setting aside `probe` held-out examples (`self.probe`, never trained on) for the diagnostics.
 
     Chunks are numbered from 1. Earlier chunks are retained, as in the reference (its buffer holds the whole
     dataset): `batches(c, n, generator)` walks the union of chunks 1..c in reshuffled epochs of batches of n (the
     last batch of an epoch may be smaller), like the reference's shuffling DataLoader; `sample` draws uniformly.
     """
 
-    def __init__(self, num_examples: int, chunks: int, seed: int, keep: int | None = None):
+    def __init__(self, num_examples: int, chunks: int, seed: int, keep: int | None = None, probe: int = 0):
         if chunks < 1:
             raise MtilError(f"study.chunks must be at least 1, got {chunks}")
         order = np.random.default_rng(seed).permutation(num_examples)
+        if (keep or 0) + probe > num_examples:
+            raise MtilError(f"data.max_examples ({keep}) + diagnostics.probe_size ({probe}) exceed the "
+                            f"{num_examples} examples; lower one of them")
+        self.probe = torch.from_numpy(order[num_examples - probe:].copy())  # from the end: `keep` is unchanged
+        order = order[:num_examples - probe]
         if keep is not None:
             order = order[:keep]
         if len(order) < chunks:

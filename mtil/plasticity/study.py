@@ -99,11 +99,10 @@ def params_markdown(rows: list[dict], chunks: int) -> str:
 
 
 def make_optimizer(model: torch.nn.Module, tcfg, old: torch.optim.Optimizer | None = None):
-    """An optimizer over all the model's parameters, as the reference builds it at every chunk start. A
-    parameter steps only when it holds a gradient: experts / columns not yet used never get one; frozen ones
-    keep the last gradient they got while train.zero_grad is false (as in the reference, where they drift until
-    clipping has shrunk it away), none when it is true. With train.keep_optimizer_state, parameters keep the
-    state they had in `old`."""
+    """An optimizer over all the model's parameters, frozen ones included, as the reference builds it at every
+    chunk start. A parameter steps only when it holds a gradient: experts / columns not yet used never get one;
+    frozen ones keep their last one under train.gradients=scaler (see `update`). With
+    train.keep_optimizer_state, parameters keep the state they had in `old`."""
     params = list(model.parameters())
     if tcfg.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, foreach=True)
@@ -119,6 +118,36 @@ def make_optimizer(model: torch.nn.Module, tcfg, old: torch.optim.Optimizer | No
             if p in old.state:
                 opt.state[p] = old.state[p]
     return opt
+
+
+def make_scaler(tcfg, device: torch.device) -> torch.amp.GradScaler | None:
+    """The reference's GradScaler, built afresh at every chunk start (None with train.gradients=fresh)."""
+    if tcfg.gradients == "fresh":
+        return None
+    s = tcfg.scaler
+    return torch.amp.GradScaler(device.type, init_scale=s.init_scale, growth_factor=s.growth_factor,
+                                backoff_factor=s.backoff_factor, growth_interval=s.growth_interval)
+
+
+def update(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+           loss: torch.Tensor, clip: float | None) -> None:
+    """One training update. With a scaler, the reference trainer's step: gradients are never cleared; the scaled
+    loss is backpropagated onto them, `unscale_` divides every gradient the optimizer holds (yesterday's included)
+    by the scale, the global norm is clipped, the step is skipped on an inf / nan and the scale updated. Without
+    one, gradients are set to None first (fresh gradients; frozen parameters hold none and never move)."""
+    if scaler is None:
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if scaler is None:
+        opt.step()
+    else:
+        scaler.step(opt)
+        scaler.update()
 
 
 def warmup_lr(tcfg, step_in_chunk: int, steps_per_chunk: int) -> float:
@@ -191,16 +220,53 @@ def _evaluate(model, data: Data, labels: torch.Tensor, idx: torch.Tensor, batch_
     return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
 
 
+class Learner:
+    """A model with its chunk's optimizer and scaler: the continued model, or a fresh copy for the plasticity gap."""
+
+    def __init__(self, model: PlasticityNet, tcfg, device: torch.device, old=None):
+        self.model, self.tcfg = model, tcfg
+        self.opt = make_optimizer(model, tcfg, old=old)  # a fresh one per chunk, as the reference
+        self.scaler = make_scaler(tcfg, device)
+        self.amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tcfg.amp and device.type == "cuda")
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update on (x, y); returns the detached logits and task loss."""
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        with self.amp:
+            logits = self.model(x).float()
+            loss = F.cross_entropy(logits, y)
+            extra = self.model.mlp.extra_loss()
+        update(self.model, self.opt, self.scaler, loss if extra is None else loss + extra, self.tcfg.clip_grad_norm)
+        return logits.detach(), loss.detach()
+
+
+def fresh_copy(cfg, name: str, seed: int, chunk: int, image_size: int, device: torch.device) -> PlasticityNet:
+    """A freshly initialised copy of method `name`'s architecture at chunk `chunk` (grown chunk - 1 times, frozen
+    where the method freezes), from its own seed; the global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(np.random.default_rng([seed, chunk, 3]).integers(2 ** 62))
+        model = build_model(name, cfg, image_size)
+        for _ in range(chunk - 1):
+            model.mlp.grow()
+    return model.to(device)
+
+
 def run_one(cfg, name: str, seed: int, data: Data) -> dict:
     """Train one method with one seed through every chunk; return its record (JSON-serialisable)."""
+    from .diagnostics import probe
+
     device = data.images.device
     torch.manual_seed(seed)
     np.random.seed(seed)
-    stream = ChunkStream(len(data.labels), cfg.study.chunks, seed, cfg.data.max_examples)
+    dcfg = cfg.diagnostics
+    stream = ChunkStream(len(data.labels), cfg.study.chunks, seed, cfg.data.max_examples, dcfg.probe_size)
     labels = noisy_labels(data.labels.cpu(), cfg.data.label_noise, cfg.data.num_classes, seed).to(device)
+    probe_x = (data.images[stream.probe.to(device)].float() - data.mean) / data.std
     sampler = torch.Generator().manual_seed(seed + 7919)
     eval_rng = np.random.default_rng([seed, 2])
-    model = build_model(name, cfg, data.images.shape[-1]).to(device)
+    size = data.images.shape[-1]
+    model = build_model(name, cfg, size).to(device)
     tcfg = cfg.train
     steps, bs, every = cfg.study.steps_per_chunk, tcfg.batch_size, tcfg.log_every
     record = {"method": name, "label": registry.label(name), "seed": seed, "steps": [], "train_acc": [],
@@ -209,39 +275,33 @@ def run_one(cfg, name: str, seed: int, data: Data) -> dict:
 
     bar = tqdm(total=steps * cfg.study.chunks, desc=f"{name} seed {seed}", unit="step", leave=False,
                disable=None if log.isEnabledFor(logging.INFO) else True)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tcfg.amp and device.type == "cuda")
     opt, step, start, cpu_start = None, 0, time.time(), time.process_time()
     for c in range(1, cfg.study.chunks + 1):
         if c > 1:
             model.mlp.grow()
             model.mlp.to(device)
-        opt = make_optimizer(model, tcfg, old=opt)  # a fresh one per chunk, as the reference
+        learner = Learner(model, tcfg, device, old=opt)
+        opt = learner.opt
+        gap = dcfg.gap_every > 0 and c % dcfg.gap_every == 0
+        fresh = Learner(fresh_copy(cfg, name, seed, c, size, device), tcfg, device) if gap else None
         batches = stream.batches(c, bs, sampler)
         acc_sum = torch.zeros((), device=device)
         loss_sum = torch.zeros((), device=device)
         seen_in_window = 0
         for i in range(steps):
-            for group in opt.param_groups:
-                group["lr"] = warmup_lr(tcfg, i, steps)
+            lr = warmup_lr(tcfg, i, steps)
             idx = next(batches).to(device)
             images = data.images[idx]
             if tcfg.crop_pad or tcfg.hflip:
                 images = augment(images, tcfg.crop_pad, tcfg.hflip, sampler)
             x = (images.float() - data.mean) / data.std
             y = labels[idx]
-            with amp:
-                logits = model(x).float()
-                loss = F.cross_entropy(logits, y)
-                extra = model.mlp.extra_loss()
-            if tcfg.zero_grad:
-                model.zero_grad(set_to_none=True)
-            (loss if extra is None else loss + extra).backward()
-            if tcfg.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_grad_norm)
-            opt.step()
+            logits, loss = learner.step(x, y, lr)
+            if fresh is not None:  # the same batch, the same schedule
+                fresh.step(x, y, lr)
             step += 1
-            acc_sum += (logits.detach().argmax(1) == y).sum()
-            loss_sum += loss.detach() * len(y)
+            acc_sum += (logits.argmax(1) == y).sum()
+            loss_sum += loss * len(y)
             seen_in_window += len(y)
             if step % every == 0 or i == steps - 1:
                 record["steps"].append(step)
@@ -255,17 +315,26 @@ def run_one(cfg, name: str, seed: int, data: Data) -> dict:
         pos = np.arange(len(seen))
         if cfg.eval.max_examples is not None and len(seen) > cfg.eval.max_examples:
             pos = np.sort(eval_rng.choice(len(seen), cfg.eval.max_examples, replace=False))
-        correct = _evaluate(model, data, labels, seen[torch.from_numpy(pos)].to(device), cfg.eval.batch_size).cpu()
+        where = seen[torch.from_numpy(pos)].to(device)
+        correct = _evaluate(model, data, labels, where, cfg.eval.batch_size).cpu()
         is_new = torch.from_numpy(pos >= len(seen) - len(stream.chunks[c - 1]))
         mean = lambda t: round(t.float().mean().item(), 6) if len(t) else None  # noqa: E731
-        record["chunks"].append({
-            "chunk": c, "end_step": step, "acc_seen": mean(correct), "acc_new": mean(correct[is_new]),
-            "acc_old": mean(correct[~is_new]), "train_acc": record["train_acc"][-1],
-            "mlp_active_params": model.mlp.active_params(), "mlp_params": n_params(model.mlp),
-            "trainable_params": n_params(model, trainable_only=True)})
-        log.info("%s seed %d chunk %d/%d: train acc %.3f, seen acc %.3f, MLP active %d", name, seed, c,
-                 cfg.study.chunks, record["train_acc"][-1], record["chunks"][-1]["acc_seen"],
-                 record["chunks"][-1]["mlp_active_params"])
+        row = {"chunk": c, "end_step": step, "acc_seen": mean(correct), "acc_new": mean(correct[is_new]),
+               "acc_old": mean(correct[~is_new]), "train_acc": record["train_acc"][-1],
+               "mlp_active_params": model.mlp.active_params(), "mlp_params": n_params(model.mlp),
+               "trainable_params": n_params(model, trainable_only=True)}
+        if dcfg.probe_size:
+            model.eval()
+            row.update(probe(model, probe_x))
+            model.train()
+        if fresh is not None:
+            fresh_correct = _evaluate(fresh.model, data, labels, where, cfg.eval.batch_size).cpu()
+            row["fresh_acc_new"] = mean(fresh_correct[is_new])
+            row["gap"] = round(row["fresh_acc_new"] - row["acc_new"], 6)
+        record["chunks"].append(row)
+        log.info("%s seed %d chunk %d/%d: train acc %.3f, seen acc %.3f, MLP active %d%s", name, seed, c,
+                 cfg.study.chunks, row["train_acc"], row["acc_seen"], row["mlp_active_params"],
+                 f", gap {row['gap']:+.3f}" if "gap" in row else "")
     bar.close()
     record["wall_s"] = round(time.time() - start, 2)
     record["cpu_s"] = round(time.process_time() - cpu_start, 2)
@@ -273,40 +342,76 @@ def run_one(cfg, name: str, seed: int, data: Data) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- study
+def _bands(values) -> tuple[list, list]:
+    """mean and std over seeds (axis 0) as JSON lists, None where a value is missing (e.g. no gap that chunk)."""
+    mean, std = mean_std(np.array(values, dtype=np.float64))
+    as_list = lambda a: [None if np.isnan(v) else round(float(v), 6) for v in a]  # noqa: E731
+    return as_list(mean), as_list(std)
+
+
 def summarize(records: dict, methods: list[str], seeds: list[int]) -> dict:
     out = {}
     for m in methods:
         runs = [records[(m, s)] for s in seeds]
-        acc = np.array([[ch["acc_seen"] for ch in r["chunks"]] for r in runs])
-        new = np.array([[ch["acc_new"] for ch in r["chunks"]] for r in runs])
-        curve = np.array([r["train_acc"] for r in runs])
-        stats = {k: [a.round(6).tolist() for a in mean_std(v)] for k, v in
-                 (("acc_seen", acc), ("acc_new", new), ("train_acc", curve))}
-        out[m] = {"label": runs[0]["label"], "seeds": seeds,
-                  "mlp_active_params": [ch["mlp_active_params"] for ch in runs[0]["chunks"]], "steps": runs[0]["steps"],
-                  **{f"{k}_{part}": v[i] for k, v in stats.items() for i, part in enumerate(("mean", "std"))}}
+        per_chunk = lambda key: [[ch.get(key) for ch in r["chunks"]] for r in runs]  # noqa: E731
+        entry = {"label": runs[0]["label"], "seeds": seeds,
+                 "mlp_active_params": [ch["mlp_active_params"] for ch in runs[0]["chunks"]],
+                 "steps": runs[0]["steps"]}
+        keys = ["acc_seen", "acc_new", "gap", "fresh_acc_new", "eff_rank"]
+        for key, values in [(k, per_chunk(k)) for k in keys] + [("chunk_train_acc", per_chunk("train_acc")),
+                                                                ("train_acc", [r["train_acc"] for r in runs])]:
+            if any(v is not None for run in values for v in (run if isinstance(run, list) else [run])):
+                entry[f"{key}_mean"], entry[f"{key}_std"] = _bands(values)
+        layers = list(runs[0]["chunks"][0].get("dead", {}))
+        if layers:
+            entry["dead"] = {}
+            for layer in layers:
+                mean, std = _bands([[ch["dead"][layer] for ch in r["chunks"]] for r in runs])
+                entry["dead"][layer] = {"mean": mean, "std": std}
+        out[m] = entry
     return out
+
+
+def _cell(m, sd, n, scale=100.0, digits=1) -> str:
+    if m is None:
+        return "–"
+    return f"{scale * m:.{digits}f}" + (f" ± {scale * sd:.{digits}f}" if n > 1 else "")
 
 
 def table_markdown(summary: dict, chunks: int) -> str:
     head = "| method | " + " | ".join(f"c{c}" for c in range(1, chunks + 1)) + " |"
     rule = "|---|" + "---:|" * chunks
-    acc_lines, new_lines, par_lines = [head, rule], [head, rule], [head, rule]
-
-    def cells(means, stds, n):
-        return " | ".join(f"{100 * m:.1f}" + (f" ± {100 * sd:.1f}" if n > 1 else "") for m, sd in zip(means, stds))
-
-    for s in summary.values():
-        n = len(s["seeds"])
-        acc_lines.append(f"| {s['label']} | {cells(s['acc_seen_mean'], s['acc_seen_std'], n)} |")
-        new_lines.append(f"| {s['label']} | {cells(s['acc_new_mean'], s['acc_new_std'], n)} |")
-        par_lines.append(f"| {s['label']} | " + " | ".join(f"{p:,}" for p in s["mlp_active_params"]) + " |")
     seeds = next(iter(summary.values()))["seeds"] if summary else []
     over = f"; mean ± std over seeds {seeds}" if len(seeds) > 1 else f"; seed {seeds[0]}" if seeds else ""
-    return (f"Accuracy (%) on all examples seen so far (chunks 1..c), at the end of chunk c{over}:\n\n"
-            + "\n".join(acc_lines)
-            + f"\n\nAccuracy (%) on the newest chunk c alone, at the end of chunk c{over}:\n\n" + "\n".join(new_lines)
-            + "\n\nActive MLP parameters during chunk c:\n\n" + "\n".join(par_lines) + "\n")
+    parts = []
+    for key, title in (("acc_seen", "Accuracy (%) on all examples seen so far (chunks 1..c), at the end of chunk c"),
+                       ("acc_new", "Accuracy (%) on the newest chunk c alone, at the end of chunk c"),
+                       ("chunk_train_acc", "Training accuracy (%) over the last logged window of chunk c's batches"),
+                       ("gap", "Plasticity gap (points): a fresh copy's accuracy on chunk c minus the continued "
+                               "model's, at the end of chunk c")):
+        rows = [f"| {s['label']} | " + " | ".join(_cell(m, sd, len(s["seeds"])) for m, sd in
+                                                  zip(s[f"{key}_mean"], s[f"{key}_std"])) + " |"
+                for s in summary.values() if f"{key}_mean" in s]
+        if rows:
+            parts.append(f"{title}{over}:\n\n" + "\n".join([head, rule, *rows]))
+    rows = [f"| {s['label']} | " + " | ".join(f"{p:,}" for p in s["mlp_active_params"]) + " |" for s in summary.values()]
+    parts.append("Active MLP parameters during chunk c:\n\n" + "\n".join([head, rule, *rows]))
+    diag = [s for s in summary.values() if "dead" in s]
+    if diag:
+        layers = list(dict.fromkeys(layer for s in diag for layer in s["dead"]))
+        lines = ["| method | effective rank of h2 | " + " | ".join(f"dead {layer} (%)" for layer in layers) + " |",
+                 "|---|---:|" + "---:|" * len(layers)]
+        for s in diag:
+            n = len(s["seeds"])
+            dead = [_cell(s["dead"][layer]["mean"][-1], s["dead"][layer]["std"][-1], n) if layer in s["dead"] else "–"
+                    for layer in layers]
+            lines.append(f"| {s['label']} | {_cell(s['eff_rank_mean'][-1], s['eff_rank_std'][-1], n, 1.0)} | "
+                         + " | ".join(dead) + " |")
+        parts.append(f"On the held-out probe batch at the end of chunk {chunks}{over}: effective rank of the "
+                     f"penultimate features h2 and the share of ReLU units that are zero on every probe example, "
+                     f"per MLP layer (h1, h2: hidden layers; experts1..3: the bottleneck units of each MoE "
+                     f"layer's active experts):\n\n" + "\n".join(lines))
+    return "\n\n".join(parts) + "\n"
 
 
 @dataclass
@@ -372,9 +477,10 @@ def run_study(cfg, out: Path, methods: list[str] | None = None, seeds: list[int]
     files.write_json(out / "timings.json", timings, indent=1)
     table = table_markdown(summary, cfg.study.chunks)
     files.write_text(out / "table.md", table)
-    from .figures import plot_training_accuracy
+    from .figures import plot_diagnostics, plot_training_accuracy
 
     figs = plot_training_accuracy(summary, out, cfg.study.steps_per_chunk, cfg.study.chunks, cfg.plot.smooth,
                                   cfg.plot.dpi)
+    figs += plot_diagnostics(summary, out, cfg.study.chunks, cfg.plot.dpi)
     written = [out / "results.json", out / "table.md", *figs, out / "timings.json", out / "config.yaml"]
     return StudyResult(table, written, todo, skipped)

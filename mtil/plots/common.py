@@ -120,10 +120,8 @@ def expert_colours(count: int) -> list:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, fmt: str | None = None, dpi: int = 130) -> Path:
-    """Write one figure atomically (`rundir.files.atomic_write`) as `fmt` (default: the file's suffix)."""
+    """Write one figure atomically (`rundir.files.atomic_write`: a file-system error is one MtilError line) as `fmt`
+    (default: the file's suffix)."""
     path = Path(path)
     fmt = fmt or path.suffix.lstrip(".") or "png"
-    try:
-        return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight"), "wb")
-    except OSError as e:
-        raise MtilError(f"cannot write {path} ({e.strerror or e}); choose another output folder") from None
+    return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight"), "wb")

@@ -69,6 +69,6 @@ def compare_policies(results_by_policy: dict[str, list[dict]]) -> Figure:
         ax.set_ylim(0, 118)
         ax.grid(axis="y", color="0.9", linewidth=0.8)
         ax.set_axisbelow(True)
-    fig.suptitle("Policies compared (mean ± std over seeds)", fontsize=11)
+    fig.suptitle("Methods and policies compared (mean ± std over seeds)", fontsize=11)
     fig.legend(loc="outside lower center", fontsize=8.5, frameon=False, ncols=min(len(names), 6))
     return fig

@@ -54,8 +54,8 @@ def event_timeline(run) -> Figure:
     if run.events:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, title="action")
     else:
-        ax.text(0.5, 0.5, f"no merge / grow / freeze events in this run (policy '{run.policy}')",
+        ax.text(0.5, 0.5, f"no merge / grow / freeze events in this run ({run.what})",
                 transform=ax.transAxes, ha="center", va="center", fontsize=10, color="0.3",
                 bbox={"facecolor": "white", "edgecolor": "0.8", "boxstyle": "round"})
-    fig.suptitle(f"Expert lifecycle events — {run.name} (policy {run.policy})", fontsize=10)
+    fig.suptitle(f"Expert lifecycle events — {run.name} ({run.what})", fontsize=10)
     return fig

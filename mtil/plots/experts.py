@@ -52,7 +52,7 @@ def fixed_expert_heatmap(run, value: str = "frozen") -> Figure:
     axes[0].set_ylabel("after task")
     what = "Fixed (frozen) experts" if value == "frozen" else "Active experts"
     fig.colorbar(image, ax=axes, label=f"{value} experts (of {num_experts} per block)", shrink=0.9)
-    title = f"{what} per encoder block after each task — {run.name} (policy {run.policy})"
+    title = f"{what} per encoder block after each task — {run.name} ({run.what})"
     if value == "frozen" and all(run.usage[f"{t}_frozen"].max(initial=0) == 0 for t in towers):
         title += f"\npolicy '{run.policy}' froze no expert in this run"
         if run.policy == "grow":
@@ -113,7 +113,7 @@ def usage_heatmap(run, tower: str = "image") -> Figure:
             ax.set_xlabel("expert")
         axes.append(ax)
     fig.colorbar(image, ax=axes, label="share of the block's top-k selections", shrink=0.9 if nrows == 1 else 0.5)
-    title = f"Expert usage per task, {tower} tower — {run.name} (policy {run.policy})"
+    title = f"Expert usage per task, {tower} tower — {run.name} ({run.what})"
     if frozen:
         title += "\nred outline: expert frozen at the end of that task"
     fig.suptitle(title, fontsize=10)

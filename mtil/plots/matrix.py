@@ -35,7 +35,7 @@ def accuracy_matrix(run) -> Figure:
     ax.set_xlabel("evaluated on (right of the diagonal: not learned yet)")
     fig.colorbar(image, ax=ax, label="top-1 accuracy (%)", shrink=0.9)
     r = run.results
-    title = f"Accuracy matrix — {run.name}: policy {run.policy}, eval {r.get('eval_mode', '?')}"
+    title = f"Accuracy matrix — {run.name}: {run.what}, eval {r.get('eval_mode', '?')}"
     if run.complete:
         title += (f"\nTransfer {fmt_value(r.get('transfer'))}   Avg {fmt_value(r.get('avg'))}   "
                   f"Last {fmt_value(r.get('last'))}   BWT {fmt_value(r.get('bwt'))}")

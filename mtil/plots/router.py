@@ -69,6 +69,6 @@ def router_weights(run, layer: str = DEFAULT_LAYER) -> Figure:
               ncols=1 if len(used) <= 14 else 2, title="expert", title_fontsize=8)
     router = (run.config.get("moe") or {}).get("router") if isinstance(run.config.get("moe"), dict) else None
     note = {"per_task": "one router per task", "shared": "one shared router"}.get(router, "")
-    fig.suptitle(f"Router weights of layer {layer} — {run.name} (policy {run.policy}"
+    fig.suptitle(f"Router weights of layer {layer} — {run.name} ({run.what}"
                  f"{'; ' + note if note else ''})", fontsize=10)
     return fig

@@ -26,8 +26,8 @@ class RunDir:
     figures = property(lambda self: self.path / FIGURES)
 
     def finished(self) -> bool:
-        return self.results.exists()
+        return os.path.exists(self.results)   # not Path.exists: a path the OS refuses (too long) holds no run
 
     def has_run(self) -> bool:
         """A finished run or one that can be resumed."""
-        return self.results.exists() or self.checkpoint.exists()
+        return os.path.exists(self.results) or os.path.exists(self.checkpoint)

@@ -59,6 +59,16 @@ class RunRecord:
         return str(self.results.get("policy") or _get(self.config, "policy.name") or "?")
 
     @property
+    def method(self) -> str:
+        """`method.name` (runs older than the methods: moe)."""
+        return str(self.results.get("method") or _get(self.config, "method.name") or "moe")
+
+    @property
+    def what(self) -> str:
+        """What trained, for titles: 'policy merge' (the MoE method) or 'method finetune'."""
+        return f"policy {self.policy}" if self.method == "moe" else f"method {self.method}"
+
+    @property
     def iterations(self) -> int | None:
         """Optimizer steps per task (`train.iterations`); task k spans global steps (k*it, (k+1)*it]."""
         value = _get(self.config, "train.iterations")
@@ -104,10 +114,26 @@ def _parse(file: Path, parse, errors: tuple, kind: str):
         raise _malformed(file, f"not {kind}: {type(e).__name__}") from None
 
 
+class OtherKind(MtilError):
+    """results.json of another mtil command's output (an RL run, a plasticity study), not of `mtil run`."""
+
+
+def _other_kind(results: dict, file: Path) -> None:
+    """results.json of another mtil command's output: one line saying which command reads it."""
+    folder = file.parent
+    if results.get("kind") == "rl":
+        raise OtherKind(f"{folder} is an `mtil rl` run, not an MTIL run; compare RL runs with "
+                        f"`mtil rl --compare {folder}`")
+    if {"methods", "seeds", "summary", "runs"} <= set(results):
+        raise OtherKind(f"{folder} is the output of `mtil plasticity`, not an MTIL run; its table is "
+                        f"{folder / 'table.md'}")
+
+
 def _read_results(file: Path) -> dict:
     results = _parse(file, json.loads, (json.JSONDecodeError, UnicodeDecodeError), "JSON")
     if not isinstance(results, dict):
         raise _malformed(file, f"a JSON {type(results).__name__}, expected an object")
+    _other_kind(results, file)
     tasks, matrix = results.get("tasks"), results.get("matrix")
     if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
         raise _malformed(file, "'tasks' must be a list of dataset names")
@@ -119,6 +145,10 @@ def _read_results(file: Path) -> dict:
         if (not isinstance(row, list) or len(row) != len(tasks)
                 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in row)):
             raise _malformed(file, f"matrix row {i} must hold {len(tasks)} numbers")
+        for j, a in enumerate(row):
+            if not 0.0 <= a <= 100.0:   # NaN fails this too
+                raise _malformed(file, f"matrix row {i} ({tasks[i] if i < len(tasks) else i}), column {j} "
+                                       f"({tasks[j]}) is {a}, not an accuracy in [0, 100]")
     if results.get("complete") and len(matrix) != len(tasks):
         raise _malformed(file, f"marked complete with {len(matrix)} of {len(tasks)} rows")
     return results

@@ -37,3 +37,17 @@ def check_error(capsys, argv, *needles):
     for needle in needles:
         assert needle in line, line
     return line
+
+
+def planned(name, tmp_path, **kw):
+    """The plan `mtil prepare NAME` would write (source, class names, (image, label) items per split). Tests of
+    label mapping read it: a registered dataset given only some of its classes, as they give, is refused when
+    written (classes without a training image)."""
+    from mtil.data import sources
+    work = tmp_path / "plan-work"
+    work.mkdir(exist_ok=True)
+    return sources.plan(name, tmp_path / "data", work, **kw)
+
+
+def planned_labels(plan, split):
+    return [y for _, y in plan.splits[split]]

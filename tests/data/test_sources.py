@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from prepare_helpers import check_error, labels_of, make_images, run
+from prepare_helpers import check_error, make_images, planned, planned_labels, run
 
 from mtil.data import prepared, registry, sources
 from mtil.data.prepared import load_info, load_split
@@ -45,16 +45,17 @@ def test_custom_folder_round_trip_with_templates(tmp_path, capsys):
 def test_registered_dataset_from_source_folder_names(tmp_path, capsys):
     """EuroSAT's own folder names (AnnualCrop, SeaLake) and CLIP's names land on the registry's labels."""
     src, root = tmp_path / "EuroSAT" / "2750", tmp_path / "data"
-    make_images(src, ["AnnualCrop", "SeaLake", "forest"], per_class=5)
+    folders = [n for n in registry.source_names("EuroSAT") if n != "Forest"] + ["forest"]   # one by CLIP's name
+    make_images(src, folders, per_class=5)
     rc, out, _ = run(["prepare", "eurosat", "--root", str(root), "--from", str(tmp_path / "EuroSAT")], capsys)
     assert rc == 0, out
     info = load_info(root, "EuroSAT")
     assert info.num_classes == 10
     train, test = load_split(root, "EuroSAT", "train"), load_split(root, "EuroSAT", "test")
     assert train.features["label"].names == registry.get("EuroSAT").classnames
-    assert len(train) == 12 and len(test) == 3             # seeded 80/20 split of 15
+    assert len(train) == 40 and len(test) == 10            # seeded 80/20 split of 5 per class
     names = {info.classnames[y] for y in list(train["label"]) + list(test["label"])}
-    assert names == {"annual crop land", "lake or sea", "forest"}
+    assert names == set(registry.get("EuroSAT").classnames)
 
 
 def test_seeded_split_is_zscl_random_split(tmp_path, capsys):
@@ -76,31 +77,31 @@ def test_tiny_imagenet_native_layout(tmp_path, capsys):
         "img0.JPEG\tn12267677\t0\t0\t1\t1\nimg1.JPEG\tn01443537\t0\t0\t1\t1\n")
     make_images(src / "test", ["images"], per_class=2, fmt="JPEG")
     (src / "wnids.txt").write_text("\n".join(wnids))
-    rc, out, _ = run(["prepare", "TinyImageNet", "--root", str(root), "--from", str(src)], capsys)
-    assert rc == 0, out
+    plan = planned("TinyImageNet", tmp_path, src=src)
     classes = registry.get("TinyImageNet").classnames
-    train, test = load_split(root, "TinyImageNet", "train"), load_split(root, "TinyImageNet", "test")
-    assert sorted({classes[y] for y in list(train["label"])}) == ["acorn", "goldfish"]
-    pairs = sorted((row["image"].size[0], classes[row["label"]]) for row in test)
+    assert sorted({classes[y] for y in planned_labels(plan, "train")}) == ["acorn", "goldfish"]
+    pairs = sorted((Image.open(p).size[0], classes[y]) for p, y in plan.splits["test"])
     assert pairs == [(12, "acorn"), (13, "goldfish")]      # img0 -> n12267677, img1 -> n01443537
+    # 198 of the 200 classes have no training image: refused, nothing written
+    check_error(capsys, ["prepare", "TinyImageNet", "--root", str(root), "--from", str(src)],
+                "198 class(es) have no training image", "nothing was written")
+    assert not root.exists()
 
 
-def test_nested_sun397_layout_and_caltech_background(tmp_path, capsys):
-    root = tmp_path / "data"
+def test_nested_sun397_layout_and_caltech_background(tmp_path):
     sun = tmp_path / "SUN397"
     make_images(sun / "a", ["abbey", "apartment_building/outdoor"], per_class=5)
-    assert run(["prepare", "SUN", "--root", str(root), "--from", str(sun)], capsys)[0] == 0
+    plan = planned("SUN", tmp_path, src=sun)
     classes = registry.get("SUN397").classnames
-    labels = labels_of(root, "SUN397")
+    labels = planned_labels(plan, "train") + planned_labels(plan, "test")
     assert sorted({classes[y] for y in labels}) == ["abbey", "apartment building outdoor"]
 
     cal = tmp_path / "caltech-101" / "101_ObjectCategories"  # (caltech101/101_ObjectCategories: torchvision's)
     make_images(cal, ["BACKGROUND_Google", "Faces_easy", "car_side"], per_class=5)
-    rc, out, _ = run(["prepare", "Caltech101", "--root", str(root), "--from", str(cal)], capsys)
-    assert rc == 0
-    assert "BACKGROUND_Google" in out                       # reported as ignored
+    plan = planned("Caltech101", tmp_path, src=cal)
+    assert any("BACKGROUND_Google" in note for note in plan.notes)   # reported as ignored
     classes = registry.get("Caltech101").classnames
-    labels = labels_of(root, "Caltech101")
+    labels = planned_labels(plan, "train") + planned_labels(plan, "test")
     assert len(labels) == 10 and sorted({classes[y] for y in labels}) == ["centered face", "side of a car"]
 
 
@@ -109,10 +110,9 @@ def test_numeric_folders_index_base_and_unknown_classes(tmp_path, capsys):
     make_images(tmp_path / "flowers", ["1", "102"], per_class=5)
     check_error(capsys, ["prepare", "Flowers102", "--root", str(root), "--from", str(tmp_path / "flowers")],
                 "'102' is label index 102", "--index-base 1")
-    assert run(["prepare", "Flowers102", "--root", str(root), "--from", str(tmp_path / "flowers"),
-                "--index-base", "1"], capsys)[0] == 0
+    plan = planned("Flowers102", tmp_path, src=tmp_path / "flowers", index_base=1)
     classes = registry.get("Flowers").classnames
-    labels = set(labels_of(root, "Flowers102"))
+    labels = set(planned_labels(plan, "train") + planned_labels(plan, "test"))
     assert {classes[y] for y in labels} == {"pink primrose", "blackberry lily"}
 
     make_images(tmp_path / "bad", ["banded", "plaid", "tartan"])
@@ -141,17 +141,15 @@ def test_archive_source(tmp_path, capsys):
     assert sorted(os.listdir(root)) == ["Shapes"]           # the extracted copy is gone
 
 
-def test_split_file(tmp_path, capsys):
-    src, root = tmp_path / "src", tmp_path / "data"
+def test_split_file(tmp_path):
+    src = tmp_path / "src"
     make_images(src, ["banded", "zigzagged"], per_class=4)
     spec = {"train": ["banded/img0.png", "banded/img1.png", ["zigzagged/img0.png", 46]],
             "val": ["banded/img2.png", "zigzagged/img3.png"]}
     (tmp_path / "split.json").write_text(json.dumps(spec))
-    assert run(["prepare", "DTD", "--root", str(root), "--from", str(src), "--split-from",
-                str(tmp_path / "split.json")], capsys)[0] == 0
-    assert list(load_split(root, "DTD", "train")["label"]) == [0, 0, 46]
-    assert list(load_split(root, "DTD", "test")["label"]) == [0, 46]
-
+    plan = planned("DTD", tmp_path, src=src, split_from=tmp_path / "split.json")
+    assert planned_labels(plan, "train") == [0, 0, 46]
+    assert planned_labels(plan, "test") == [0, 46]
 
 
 # ------------------------------------------------------------------------------------- torchvision and the hub
@@ -212,7 +210,6 @@ def test_hf_source_maps_labels_by_name(tmp_path, capsys, monkeypatch):
     fake = datasets.DatasetDict({s: datasets.Dataset.from_dict({"img": imgs, "fine_label": [0, 1, 2]}, features=feats)
                                  for s in ("train", "test")})
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: fake)
-    root = tmp_path / "data"
-    assert run(["prepare", "CIFAR100", "--source", "hf", "--root", str(root)], capsys)[0] == 0
+    plan = planned("CIFAR100", tmp_path, source="hf")
     classes = registry.get("CIFAR100").classnames
-    assert [classes[y] for y in list(load_split(root, "CIFAR100", "test")["label"])] == ["oak tree", "apple", "whale"]
+    assert [classes[y] for y in planned_labels(plan, "test")] == ["oak tree", "apple", "whale"]

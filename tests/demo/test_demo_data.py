@@ -10,6 +10,7 @@ import torch
 
 from mtil.config import wrap
 from mtil.data.prepared import load_info, load_split
+from mtil.data.reference import load_reference
 from mtil.demo import domains as demo
 from mtil.demo import pretrain
 from mtil.demo import stream as demo_stream
@@ -138,7 +139,10 @@ def test_ensure_demo_assets_builds_once_then_reuses(tmp_path, monkeypatch):
     cfg = small_cfg()
     data_root, ckpt = pretrain.ensure_demo_assets(tmp_path, cfg, seed=3)
     assert data_root == tmp_path / "demo-3" / "data" and ckpt.parent == tmp_path / "demo-3"
-    assert sorted(p.name for p in data_root.iterdir() if not p.name.startswith(".")) == sorted(cfg.domains)
+    assert sorted(p.name for p in data_root.iterdir() if not p.name.startswith(".")) == sorted(
+        [*cfg.domains, pretrain.REFERENCE])   # the stream and the pre-training mixture as the reference set
+    images, sentences = load_reference(data_root, pretrain.REFERENCE)
+    assert len(images) == sum(pretrain.mixture_sizes(cfg).values()) and len(sentences) == len(set(sentences))
     assert not [p for p in (tmp_path / "demo-3").iterdir() if ".tmp" in p.name]
     open_clip.create_model_and_transforms("mtil-tiny", pretrained=str(ckpt))
     stamp = ckpt.stat().st_mtime_ns
@@ -147,11 +151,13 @@ def test_ensure_demo_assets_builds_once_then_reuses(tmp_path, monkeypatch):
         raise AssertionError("rebuilt although cached")
     monkeypatch.setattr(pretrain, "pretrain_clip", boom)
     monkeypatch.setattr(demo_stream, "build_stream", boom)
+    monkeypatch.setattr(demo_stream, "build_reference", boom)
     assert pretrain.ensure_demo_assets(tmp_path, cfg, seed=3) == (data_root, ckpt)
     assert ckpt.stat().st_mtime_ns == stamp
     monkeypatch.undo()
-    changed = small_cfg(steps=2)  # another recipe: the checkpoint is rebuilt, the data reused
+    changed = small_cfg(steps=2)  # another recipe: the checkpoint is rebuilt, the data and the reference set reused
     monkeypatch.setattr(demo_stream, "build_stream", boom)
+    monkeypatch.setattr(demo_stream, "build_reference", boom)
     pretrain.ensure_demo_assets(tmp_path, changed, seed=3)
     assert ckpt.stat().st_mtime_ns != stamp
 

@@ -24,6 +24,7 @@ import yaml
 
 from mtil.cli import main
 from mtil.engine import checkpoint as run_checkpoint
+from mtil.errors import MtilError
 from mtil.rundir import files
 
 PAUSE_HOOK = textwrap.dedent('''
@@ -146,7 +147,7 @@ def check_outputs_parse(out: Path) -> dict:
             seen["usage"] = {k: z[k] for k in z.files}
     if (out / "checkpoints" / "last.pt").exists():
         s = state(out)
-        assert s["format"] == 1
+        assert s["format"] == run_checkpoint.FORMAT
         seen["progress"] = (s["progress"]["task"], s["progress"]["phase"], s["progress"]["step"])
     return seen
 
@@ -286,13 +287,13 @@ def test_each_output_writer_keeps_the_old_file_on_failure(tmp_path):
     with pytest.raises(Boom):
         files.numpy_savez(usage, a=np.arange(3), b=Unsaveable())
     assert {p: p.read_bytes() for p in before} == before and _listing(tmp_path) == listing
-    assert torch.load(ck, weights_only=False)["format"] == 1 and json.loads(res.read_text())["matrix"] == [[50.0]]
+    assert torch.load(ck, weights_only=False)["format"] == run_checkpoint.FORMAT and json.loads(res.read_text())["matrix"] == [[50.0]]
 
 
 def test_a_write_into_an_unwritable_folder_fails_cleanly(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(OSError):
+    with pytest.raises(MtilError, match="cannot write .*results.json"):
         files.write_json(blocker / "results.json", {})
     assert _listing(tmp_path) == ["file"] and blocker.read_text() == "x"
 

@@ -100,14 +100,16 @@ MTIL_ORDER2 = ["StanfordCars", "Food101", "MNIST", "OxfordPet", "Flowers102", "S
                "DTD", "EuroSAT", "CIFAR100"]
 
 
-def fake_run(path: Path, matrix, tasks, *overrides, complete=True, **extra) -> Path:
-    """A run directory as `mtil run` leaves it: results.json (matrix, no trusted summary) and config.yaml."""
-    from mtil import config
+def fake_run(path: Path, matrix, tasks, *overrides, complete=True, record=True, **extra) -> Path:
+    """A run directory as `mtil run` leaves it: results.json (matrix, no trusted summary, the provenance record of
+    the config; `record=False`: none, as an earlier mtil wrote it) and config.yaml."""
+    from mtil import config, provenance
     path.mkdir(parents=True)
     cfg = config.load(None, [f"data.order=[{','.join(tasks)}]", *overrides])
     (path / "config.yaml").write_text(config.dump(cfg))
+    rec = {"provenance": provenance.record(cfg, {})} if record else {}
     (path / "results.json").write_text(json.dumps({"tasks": list(tasks), "matrix": matrix, "complete": complete,
-                                                   **extra}))
+                                                   **rec, **extra}))
     return path
 
 
@@ -179,12 +181,34 @@ def test_configs_differing_only_in_lr_get_labels_json_runs_and_numeric_csv(tmp_p
 
 def test_results_without_per_dataset_or_summary_still_report(tmp_path, capsys):
     run = fake_run(tmp_path / "old", [[50.0, 40.0], [45.0, 60.0]], ["Red", "Green"])
-    assert "| old | 1 | 40.0 | 48.8 | 52.5 |" in report_out(capsys, run)
+    assert "| freeze | 1 | 40.0 | 48.8 | 52.5 |" in report_out(capsys, run)
 
 
 def test_one_task_run_has_no_transfer_and_valid_json(tmp_path, capsys):
     run = fake_run(tmp_path / "single", [[50.0]], ["Red"])
-    assert "| single | 1 | - | 50.0 | 50.0 | 0.0 | 0.0 |" in report_out(capsys, run)
+    assert "| freeze | 1 | - | 50.0 | 50.0 | 0.0 | 0.0 |" in report_out(capsys, run)
     text = report_out(capsys, run, "--format", "json")
     data = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON output"))
     assert data["table"][0]["transfer_mean"] is None and data["table"][0]["avg_mean"] == 50.0
+
+
+def test_published_rows_sit_right_above_their_reproductions_with_costs(tmp_path, capsys):
+    """issue 22: a run of method.name (moe/<policy> for the adapters) is printed under its published row; the
+    published rows nobody reproduced come first; trainable parameters and training time are columns."""
+    acc = yaml.safe_load((Path(__file__).parents[2] / "mtil" / "references.yaml").read_text())
+    order1 = acc["order1"]["tasks"]
+    row = [acc["zero_shot_accuracy"][t] for t in order1]
+    params = [{"task": t, "trainable": 149_620_737} for t in order1]
+    fake_run(tmp_path / "finetune-seed0", [row] * 11, order1, "method.name=finetune", params=params,
+             train_seconds=[600.0] * 11)
+    fake_run(tmp_path / "freeze-seed0", [row] * 11, order1, "policy.name=freeze",
+             params=[{"task": t, "trainable": 1000 * (i + 1)} for i, t in enumerate(order1)])
+    lines = [line for line in report_out(capsys, tmp_path).splitlines() if line.startswith("| ")][:11]
+    names = [line.split(" | ")[0][2:] for line in lines]
+    assert names[0] == "method" and names[1].startswith("Zero-shot CLIP (published")
+    assert names.index("finetune") == names.index("Continual fine-tuning (published, ViT-B/16, order1)") + 1
+    assert names.index("freeze") == names.index("MoE-Adapters (published, ViT-B/16, order1)") + 1
+    assert names.index("ZSCL (published, ViT-B/16, order1)") < names.index("finetune")
+    assert "| Trainable | Train time |" in lines[0]
+    assert lines[names.index("finetune")].endswith("| 149.62M | 110.0 min |")
+    assert lines[names.index("freeze")].endswith("| 6.0k | - |")

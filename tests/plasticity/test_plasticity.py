@@ -220,7 +220,7 @@ def test_pnn_counts_and_frozen_columns():
 
 @pytest.mark.parametrize("name", registry.names())
 def test_training_moves_exactly_the_parameters_in_use(name):
-    """AdamW over all parameters (as the reference): what is frozen or not yet used stays unchanged."""
+    """AdamW over all parameters (as the reference), fresh gradients: what is frozen or not yet used stays unchanged."""
     torch.manual_seed(0)
     mlp = build_mlp(name)
     train_steps(mlp, n=1)
@@ -244,8 +244,9 @@ def test_optimizer_and_warmup_are_the_reference_ones():
     t = cfg.train
     opt = study.make_optimizer(torch.nn.Linear(2, 2), t)
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["lr"] == 1e-3 and opt.defaults["weight_decay"] == 1e-3
-    setup = (t.clip_grad_norm, t.batch_size, t.crop_pad, t.hflip, t.zero_grad, t.amp, t.warmup_ratio)
-    assert setup == (0.5, 256, 4, True, False, False, 0.1)
+    setup = (t.clip_grad_norm, t.batch_size, t.crop_pad, t.hflip, t.gradients, t.amp, t.warmup_ratio)
+    assert setup == (0.5, 256, 4, True, "scaler", False, 0.1)
+    assert (t.scaler.init_scale, t.scaler.growth_interval) == (2.0 ** 16, 2000)
     lrs = [study.warmup_lr(t, i, 100) for i in range(12)]
     assert lrs[0] == 0.0 and lrs[5] == pytest.approx(5e-4) and lrs[10:] == [1e-3, 1e-3]
 
@@ -358,7 +359,8 @@ def test_prepared_format_end_to_end(tmp_path):
     code = cli.main(["plasticity", "plasticity/tinyimagenet.yaml", "--methods", "net2wider,pnn", "--out", str(out),
                      "--set", f"data.root={tmp_path}", "--set", "data.num_classes=3", "--set", "data.image_size=8",
                      "--set", "study.chunks=2", "--set", "study.steps_per_chunk=2", "--set", "train.batch_size=8",
-                     "--set", "methods.net2wider.hidden=8", "--set", "methods.pnn.hidden=4"])
+                     "--set", "methods.net2wider.hidden=8", "--set", "methods.pnn.hidden=4",
+                     "--set", "diagnostics.probe_size=8"])
     assert code == 0
     run = json.loads((out / "results.json").read_text())["runs"]["pnn-seed0"]
     assert [c["chunk"] for c in run["chunks"]] == [1, 2]

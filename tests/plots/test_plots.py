@@ -200,7 +200,7 @@ def test_unwritable_out_is_one_line_and_keeps_earlier_figures(tmp_path, capsys):
     blocker.write_text("")
     assert main(["plot", str(run), "--out", str(blocker / "figs")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot write" in err[0] and "choose another output folder" in err[0]
+    assert len(err) == 1 and "cannot write" in err[0] and "Not a directory" in err[0]
     assert {p.name: p.read_bytes() for p in (run / "figures").iterdir()} == before
     with pytest.raises(MtilError, match="is not a folder"):
         find_runs(blocker)

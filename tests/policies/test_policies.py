@@ -57,7 +57,8 @@ def test_contract_three_tasks_checkpoint_round_trip_and_exact_resume(name, tiny_
     monkeypatch.undo()
     state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=False)
     assert state["progress"] == {"task": 2, "phase": "train", "step": 2, "global_step": 14}
-    assert state["policy"]["events"] == [e for e in state["policy"]["events"] if e["step"] <= 14]
+    events = state["method"]["policy"]["events"]
+    assert events == [e for e in events if e["step"] <= 14]
     assert main(["run", *args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
     assert results(tmp_path / "cut")["matrix"] == full["matrix"]
     for k, v in adapters(tmp_path / "full").items():

@@ -8,20 +8,29 @@ from typing import Mapping, Sequence
 
 from ...errors import MtilError
 from .. import registry
+from . import fingerprint
 from .layout import SPLITS, dataset_dir, recreate_hint
 
 
 def check_consistent(root: str | os.PathLike, name: str, classnames: Sequence[str], splits: Mapping) -> None:
-    """Every split's ClassLabel names the dataset's classes, every label lies in [0, classes), and every class
-    has at least one training image; else one MtilError line naming the split and what is wrong."""
+    """Every split's ClassLabel names the dataset's classes, all splits the same list in the same order, every
+    label lies in [0, classes), every class has at least one training image, and the row counts and class list are
+    those mtil prepare recorded; else one MtilError line naming the split and what is wrong."""
     import numpy as np
 
     path, n = dataset_dir(root, name), len(classnames)
     fix = recreate_hint(name, root)
+    first = None
     for split, ds in splits.items():
         stored = list(ds.features["label"].names)
         if len(stored) != n:
             raise MtilError(f"split '{split}' of '{path}' has {len(stored)} classes but the dataset has {n}; {fix}")
+        if first is None:
+            first = (split, stored)
+        elif stored != first[1]:
+            i = next(i for i, (a, b) in enumerate(zip(first[1], stored)) if a != b)
+            raise MtilError(f"splits '{first[0]}' and '{split}' of '{path}' name the classes differently (label {i}: "
+                            f"{first[1][i]!r} in '{first[0]}', {stored[i]!r} in '{split}'); {fix}")
         labels = np.asarray(ds["label"], dtype=np.int64)
         bad = labels[(labels < 0) | (labels >= n)]
         if len(bad):
@@ -33,6 +42,7 @@ def check_consistent(root: str | os.PathLike, name: str, classnames: Sequence[st
                 names = ", ".join(str(classnames[c]) for c in empty[:3]) + (" ..." if len(empty) > 3 else "")
                 raise MtilError(f"split 'train' of '{path}' has no images of {len(empty)} class(es) ({names}); "
                                 f"{fix}")
+    fingerprint.check_against_record(root, name, splits)
 
 
 def _check_features(feats, where: Path, fix: str) -> None:
@@ -75,8 +85,10 @@ def _check_templates(templates: Sequence[str] | None) -> list[str] | None:
     if templates is None:
         return None
     templates = list(templates)
-    if not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
-        raise MtilError("templates must be a non-empty list of strings, each with '{}' for the class name")
+    bad = [t for t in templates if not registry.valid_template(t)]
+    if not templates or bad:
+        raise MtilError(f"templates must be a non-empty list, each {registry.TEMPLATE_RULE}"
+                        + (f" (not {bad[0]!r})" if bad else ""))
     return templates
 
 

@@ -25,19 +25,21 @@ def _entries(root: Path) -> list[Path]:
 def dataset_dir(root: str | os.PathLike, name: str) -> Path:
     """Where dataset `name` lives (or would live) under `root`.
 
-    Registered datasets live under their canonical name (`cars` -> `ROOT/StanfordCars`); an existing folder whose
-    name differs only in case or punctuation is found too.
+    One rule for every look-up (`mtil.config.dataset_key`): a registered alias resolves to its canonical name
+    (`cars` -> `StanfordCars`), and a folder is the dataset's when its name equals that name ignoring case and
+    punctuation. Two such folders under one root are ambiguous: an error. None: `ROOT/<canonical name>`. A name
+    that is a path (`../x`, `a/b`) is refused.
     """
     root = Path(root)
     canon = registry.resolve(name) or str(name)
-    path = root / canon
-    if path.exists():
-        return path
+    if not registry.valid_name(canon) or any(c in str(name) for c in "/\\") or str(name).startswith("."):
+        raise MtilError(f"dataset name {str(name)[:200]!r} {registry.NAME_RULE}")
     wanted = registry.key(canon)
-    for p in _entries(root):
-        if p.is_dir() and registry.key(p.name) == wanted:
-            return p
-    return path
+    found = sorted(p for p in _entries(root) if registry.key(p.name) == wanted and p.is_dir())
+    if len(found) > 1:
+        raise MtilError(f"'{root}' holds {len(found)} folders of dataset {canon} ({', '.join(p.name for p in found)}): "
+                        "dataset names are matched ignoring case and punctuation; keep one of them")
+    return found[0] if found else root / canon
 
 
 def _folder_name(name: str) -> str:

@@ -25,7 +25,7 @@ from .layout import (
 
 
 def _check_root(root: Path, name: str) -> None:
-    if not root.is_dir():
+    if not os.path.isdir(root):   # not Path.is_dir: a name the OS refuses (too long) is no folder either
         raise MtilError(f"data root '{root}' does not exist; set data.root=<folder with prepared datasets> or run "
                         f"`{prepare_command(name, root)}`")
 
@@ -124,9 +124,8 @@ def read_templates(path: Path) -> list[str] | None:
     except Exception as e:
         raise MtilError(f"'{f}' is not valid JSON ({type(e).__name__}); write a JSON list of templates such as "
                         '["a photo of a {}."]') from None
-    if not isinstance(templates, list) or not templates or not all(isinstance(t, str) and "{}" in t
-                                                                     for t in templates):
-        raise MtilError(f"'{f}' must be a non-empty JSON list of strings, each with '{{}}' for the class name")
+    if not isinstance(templates, list) or not templates or not all(registry.valid_template(t) for t in templates):
+        raise MtilError(f"'{f}' must be a non-empty JSON list of templates, each {registry.TEMPLATE_RULE}")
     return templates
 
 
@@ -142,7 +141,7 @@ def load_info(root: str | os.PathLike, name: str) -> DatasetInfo:
     path = dataset_dir(root, name)
     if canon is not None:
         info = registry.get(canon)
-        if root.is_dir():
+        if os.path.isdir(root):
             stored = _prepared_classnames(path, canon, root)
             if stored is not None and len(stored) != info.num_classes:
                 raise MtilError(f"'{path}' has {len(stored)} classes but the registered {canon} has "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ...errors import MtilError
-from . import encode
+from . import encode, fingerprint
 from .checks import check_writer_inputs
 from .layout import FORMAT_VERSION, META_FILE, TEMPLATES_FILE, _features
 from .lock import Staging, staging
@@ -59,8 +59,9 @@ def _reason(e: Exception) -> str:
 class _SplitWriter:
     """Turns (payload, label) items into prepared rows: checks decoding, caps per class, counts what it skips."""
 
-    def __init__(self, split: str, num_classes: int, max_per_class: int | None, result: SaveResult):
-        self.split, self.num_classes, self.max_per_class, self.result = split, num_classes, max_per_class, result
+    def __init__(self, split: str, classnames: Sequence[str], max_per_class: int | None, result: SaveResult):
+        self.split, self.classnames, self.max_per_class, self.result = split, classnames, max_per_class, result
+        self.num_classes = len(classnames)
         self.per_class: Counter = Counter()
         self.rows = self.skipped = self.capped = 0
 
@@ -110,6 +111,17 @@ class _SplitWriter:
         if self.rows == 0:
             extra = f" ({self.skipped} undecodable images skipped)" if self.skipped else ""
             raise MtilError(f"{self.result.name}: split '{self.split}' has no images{extra}; nothing was written")
+        if self.split == "train":
+            _refuse_empty_classes(self.result.name, set(self.per_class), self.num_classes, self.classnames)
+
+
+def _refuse_empty_classes(name: str, present: set, num_classes: int, classnames: Sequence[str]) -> None:
+    """A class without a training image is refused at writing (every run would refuse the dataset)."""
+    empty = [classnames[c] for c in range(num_classes) if c not in present]
+    if empty:
+        shown = ", ".join(map(repr, empty[:5])) + (" ..." if len(empty) > 5 else "")
+        raise MtilError(f"{name}: {len(empty)} class(es) have no training image ({shown}); add images or leave the "
+                        "class out; nothing was written")
 
 
 @contextlib.contextmanager
@@ -148,7 +160,7 @@ def _write_rows(st: Staging, splits: Mapping[str, Iterable[tuple[Any, int]]], cl
     built = {}
     with _quiet_progress():
         for split, items in splits.items():
-            writer = _SplitWriter(split, len(classnames), max_per_class, result)
+            writer = _SplitWriter(split, classnames, max_per_class, result)
             if _in_memory(items):
                 rows = list(writer.rows_of(items))
                 writer.finish()
@@ -190,7 +202,8 @@ def _save(st: Staging, built: Mapping, classnames, templates, result: SaveResult
     meta = {"format": FORMAT_VERSION, "name": st.name, "num_classes": len(classnames), "rows": result.rows,
             "skipped": result.skipped, "skipped_examples": result.skipped_examples, "capped": result.capped,
             "source": source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "versions": {"mtil": _version("mtil"), "datasets": datasets.__version__}}
+            "versions": {"mtil": _version("mtil"), "datasets": datasets.__version__},
+            fingerprint.KEY: fingerprint.compute(st.tmp, classnames, result.rows)}
     meta.update(dict(extra_meta or {}))
     (st.tmp / META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
 
@@ -266,6 +279,8 @@ def save_prepared(root: str | os.PathLike, name: str, splits: Mapping[str, Any],
                     result.skipped[split] = 0
                     if len(built[split]) == 0:
                         raise MtilError(f"{st.name}: split '{split}' has no images; nothing was written")
+                    if split == "train":
+                        _refuse_empty_classes(st.name, set(built[split]["label"]), len(classnames), classnames)
                 _save(st, built, classnames, templates, result, "datasets.Dataset", None, t0)
         else:
             items = {}

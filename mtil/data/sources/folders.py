@@ -51,11 +51,12 @@ def _descend(d: Path) -> Path:
     return d
 
 
-def scan_folder(split_dir: Path) -> tuple[list[tuple[str, str]], int]:
-    """(class key, image path) of every image under `split_dir`, in ImageFolder order, and the number of
-    images lying directly in `split_dir` (no class, ignored). A class key is the image's folder relative to
-    `split_dir` (`cat`, `a/abbey`; a trailing `images` component is dropped). A folder with
-    `val_annotations.txt` (Tiny ImageNet's val/) takes its labels from that file."""
+def scan_folder(split_dir: Path) -> tuple[list[tuple[str, str]], int, list[str]]:
+    """(class key, image path) of every image under `split_dir`, in ImageFolder order; the number of images lying
+    directly in `split_dir` (no class, ignored); and the folders left out, each with why (no images; a link to a
+    folder already read). A class key is the image's folder relative to `split_dir` (`cat`, `a/abbey`; a trailing
+    `images` component is dropped). Links to folders are followed. A folder with `val_annotations.txt` (Tiny
+    ImageNet's val/) takes its labels from that file."""
     ann = split_dir / "val_annotations.txt"
     if ann.is_file():
         items = []
@@ -64,14 +65,26 @@ def scan_folder(split_dir: Path) -> tuple[list[tuple[str, str]], int]:
             parts = line.split("\t")
             if len(parts) >= 2 and parts[0].strip():
                 items.append((parts[1].strip(), str(folder / parts[0].strip())))
-        return sorted(items), 0
-    items, loose = [], 0
-    for dirpath, dirnames, filenames in os.walk(split_dir):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
+        return sorted(items), 0, []
+    items, loose, skipped = [], 0, []
+    seen = {os.path.realpath(split_dir)}
+    for dirpath, dirnames, filenames in os.walk(split_dir, followlinks=True):
+        keep = []
+        for d in sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen:
+                skipped.append(f"{os.path.join(dirpath, d)} (a link to a folder already read)")
+            else:
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         images = sorted(f for f in filenames if _is_image(Path(f)))
-        if not images:
-            continue
         rel = Path(dirpath).relative_to(split_dir).parts
+        if not images:
+            if rel and not dirnames:
+                others = [f for f in filenames if not f.startswith(".")]
+                skipped.append(f"{dirpath} (no images{f'; {len(others)} other file(s)' if others else ''})")
+            continue
         if rel and rel[-1].lower() == "images":
             rel = rel[:-1]
         if not rel:
@@ -86,7 +99,7 @@ def scan_folder(split_dir: Path) -> tuple[list[tuple[str, str]], int]:
             raise MtilError(f"'{split_dir / inner}' is a sub-folder of the class folder '{split_dir / outer}', "
                             f"which holds images itself: move its images into '{outer}' or into a class folder "
                             f"of its own")
-    return items, loose
+    return items, loose, sorted(skipped)
 
 
 def _labelled(d: Path) -> bool:
@@ -157,13 +170,16 @@ def folder_plan(name: str, src: Path, split_from: Path | None = None, index_base
     else:
         scanned = {"all": scan_folder(base)}
         layout = f"class folders (seeded {train_fraction:.0%}/{1 - train_fraction:.0%} train/test split, seed {seed})"
-    keys = [k for items, _ in scanned.values() for k, _ in items]
+    keys = [k for items, _, _ in scanned.values() for k, _ in items]
     if not keys:
         raise MtilError(f"no images in class folders under '{base}'; expected {base}/<class>/<image> or "
                         f"{base}/train/<class>/<image> + {base}/test/<class>/<image>")
     classnames, label_of, ignored = labeler.build(keys, f"--from '{base}'")
     splits = {}
-    for split, (items, loose) in scanned.items():
+    for split, (items, loose, left_out) in scanned.items():
+        if left_out:
+            notes.append(f"left out {len(left_out)} folder(s): {'; '.join(left_out[:5])}"
+                         + (f"; ... ({len(left_out) - 5} more)" if len(left_out) > 5 else ""))
         if loose:
             notes.append(f"{loose} images directly in '{train_dir if split == 'train' and train_dir else base}' "
                          "(no class folder) were ignored")

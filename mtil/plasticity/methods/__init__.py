@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 
+import torch
 from torch import nn
 
 from ...errors import MtilError
@@ -28,6 +29,25 @@ class ExpandableMLP(nn.Module):
     def __init__(self):
         super().__init__()
         self.chunk = 1
+        self._trace: dict | None = None
+
+    def _note(self, name: str, units: torch.Tensor) -> None:
+        """Record post-ReLU units [B, n] of MLP layer `name` while `activations` runs (several parts that feed the
+        output at the same depth, e.g. PNN columns, are concatenated)."""
+        if self._trace is not None:
+            self._trace.setdefault(name, []).append(units)
+
+    @torch.no_grad()
+    def activations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Post-ReLU activations [B, units] of every MLP layer on features `x`, in forward order: `h1`, `h2` (the
+        hidden layers; `h2` is what the output layer reads) and, for bottleneck experts, `experts1..3`."""
+        self._trace = {}
+        try:
+            self(x)
+            trace = self._trace
+        finally:
+            self._trace = None
+        return {name: torch.cat(parts, 1) for name, parts in trace.items()}
 
     def grow(self) -> None:
         """Called by the runner at the start of chunk 2, 3, ...; counts chunks and calls `expand`."""

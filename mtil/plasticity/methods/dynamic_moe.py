@@ -64,8 +64,8 @@ class MoELayer(nn.Module):
         w = torch.cat([e.fc2.weight.t() for e in es])                 # [E * h_b, o]
         return hid.reshape(len(hid), -1) @ w
 
-    def forward(self, x):
-        """(output [B, h_out], load-balancing term)."""
+    def forward(self, x, note=None):
+        """(output [B, h_out], load-balancing term); `note(units)` gets the experts' bottleneck ReLU units."""
         e = self.curr
         es, rs = self.experts[:e], self.routers[:e]
         logits = x @ torch.cat([r.weight for r in rs]).t() + torch.cat([r.bias for r in rs])  # [B, E]
@@ -75,6 +75,8 @@ class MoELayer(nn.Module):
         probs = torch.softmax(logits, dim=1)
         bottleneck = es[0].fc2 is not None
         y = self._first(x, es)
+        if bottleneck and note is not None:
+            note(torch.relu(y).reshape(len(x), -1))
         if e > self.grad_max_k:  # per-expert outputs, all but the top grad_max_k detached
             if bottleneck:
                 y = torch.stack([torch.relu(y[:, i]) @ m.fc2.weight.t() + m.fc2.bias for i, m in enumerate(es)], 1)
@@ -114,9 +116,12 @@ class DynamicMoE(ExpandableMLP):
     def forward(self, x):
         terms = []
         for i, layer in enumerate(self.layers):
-            x, balance = layer(x)
+            note = None if self._trace is None else lambda units, i=i: self._note(f"experts{i + 1}", units)
+            x, balance = layer(x, note)
             terms.append(balance)
-            x = torch.relu(x) if i < len(self.layers) - 1 else x
+            if i < len(self.layers) - 1:
+                x = torch.relu(x)
+                self._note(f"h{i + 1}", x)
         use = self.balance_weight > 0 and self.training
         self._aux = self.balance_weight * torch.stack(terms).sum() if use else None
         return x

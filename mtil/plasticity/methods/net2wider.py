@@ -48,7 +48,9 @@ class Net2WiderNet(ExpandableMLP):
     def forward(self, x):
         for i, (layer, (h_in, h_out)) in enumerate(zip(self.layers, self._sizes())):
             x = layer(x, h_in, h_out)
-            x = torch.relu(x) if i < 2 else x
+            if i < 2:
+                x = torch.relu(x)
+                self._note(f"h{i + 1}", x)
         return x
 
     def expand(self):

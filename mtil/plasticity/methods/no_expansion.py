@@ -1,5 +1,5 @@
 """No Expansion: the 3-layer MLP at its full (final) width from the start; `expand` does nothing."""
-from ..models import mlp3, n_params
+from ..models import mlp3, n_params, run_mlp3
 from . import ExpandableMLP, register
 
 
@@ -12,7 +12,7 @@ class NoExpansion(ExpandableMLP):
         self.net = mlp3(in_dim, cfg.hidden, cfg.hidden, num_classes)
 
     def forward(self, x):
-        return self.net(x)
+        return run_mlp3(self.net, x, self._note)
 
     def expand(self):
         pass

@@ -8,7 +8,7 @@ import copy
 
 from torch import nn
 
-from ..models import mlp3, n_params
+from ..models import mlp3, n_params, run_mlp3
 from . import ExpandableMLP, register
 
 
@@ -24,9 +24,9 @@ class PlasticityInjection(ExpandableMLP):
         self.copies = nn.ModuleList()    # θ2: frozen copies of θ1 at injection time
 
     def forward(self, x):
-        y = self.base(x)
-        for new, frozen in zip(self.injected, self.copies):
-            y = y + (new(x) - frozen(x))  # bracketed: the difference is exactly 0 at injection
+        y = run_mlp3(self.base, x, self._note)
+        for new, frozen in zip(self.injected, self.copies):  # bracketed: the difference is exactly 0 at injection
+            y = y + (run_mlp3(new, x, self._note) - run_mlp3(frozen, x, self._note))
         return y
 
     def expand(self):

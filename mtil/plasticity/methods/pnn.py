@@ -65,6 +65,8 @@ class ProgressiveNN(ExpandableMLP):
         prev = []
         for col in self.columns:
             out, prev = col(x, prev)
+        for name, units in zip(("h1", "h2"), prev):  # every column's hidden units (the adapters read them all)
+            self._note(name, units)
         return out
 
     def expand(self):
