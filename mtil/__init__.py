@@ -1,2 +1,2 @@
 """mtil: multi-domain task-incremental learning with CLIP and MoE adapters."""
-__version__ = "0.1.0"
+__version__ = "0.3.0"

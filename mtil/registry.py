@@ -30,6 +30,13 @@ class Registry:
             return obj
         return deco
 
+    def named(self, name: str):
+        """Class decorator: register the class under `name` and give it `name` as its `.name`."""
+        def deco(cls):
+            cls.name = name
+            return self.register(name)(cls)
+        return deco
+
     def get(self, name: str) -> Entry:
         if name not in self._entries:
             raise MtilError(f"unknown {self.kind} '{name}'; registered: {', '.join(self._entries)}")

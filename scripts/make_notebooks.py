@@ -1,12 +1,17 @@
 """Write the notebooks under notebooks/ from the cell sources below (review this file, not the JSON).
 
-    .venv/bin/python scripts/make_notebooks.py          # rewrite notebooks/*.ipynb
-    .venv/bin/python scripts/make_notebooks.py --check  # exit 1 when a committed notebook differs from this file
+    .venv/bin/python scripts/make_notebooks.py          # rewrite notebooks/*.ipynb (no outputs)
+    .venv/bin/python scripts/make_notebooks.py --check  # exit 1 when a committed notebook's cells differ from this file
 
 Every notebook reads run directories through the package (`mtil.rundir.load_run`, `mtil.plots`); the run is
 `runs/demo` (what `mtil demo` writes) unless `MTIL_RUN_DIR` names another, and the comparison folder is
-`runs/compare` (what `mtil compare` writes) unless `MTIL_COMPARE_DIR` does. The notebooks are committed
-unexecuted.
+`runs/compare` (what `mtil compare` writes) unless `MTIL_COMPARE_DIR` does. The committed notebooks are executed
+(so a reader on the web sees the figures) against the README's demo run and grid:
+
+    .venv/bin/python scripts/make_notebooks.py --execute --run runs/grid/merge-seed42 --compare runs/grid
+
+`--check` compares the committed cells with this file (not their outputs); CI executes every notebook from scratch
+against a fresh demo run (tests/test_notebooks.py).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 SETUP = '''\
 %matplotlib inline
+%config InlineBackend.print_figure_kwargs = {"bbox_inches": "tight", "dpi": 80}
 import os
 from pathlib import Path
 
@@ -265,23 +271,56 @@ def build(name: str) -> nbformat.NotebookNode:
     return nb
 
 
+def sources(nb) -> list[tuple[str, str]]:
+    """What the script defines of a notebook: its cells' types and sources (outputs are the run's, not ours)."""
+    return [(cell.cell_type, cell.source) for cell in nb.cells]
+
+
+def execute(nb, run_dir: Path, compare_dir: Path) -> None:
+    """Run every cell (nbclient, python3 kernel, from notebooks/) against the given run and grid, in place; timing
+    metadata dropped so the file holds only the cells and their outputs."""
+    import os
+
+    from nbclient import NotebookClient
+    env = {"MTIL_RUN_DIR": str(run_dir.resolve()), "MTIL_COMPARE_DIR": str(compare_dir.resolve())}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=False,
+                       resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only compare with the committed notebooks")
+    parser.add_argument("--check", action="store_true",
+                        help="only compare the committed notebooks' cells with this file (outputs are not compared)")
+    parser.add_argument("--execute", action="store_true", help="run each notebook and keep its outputs")
+    parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="with --execute: the run directory")
+    parser.add_argument("--compare", type=Path, default=Path("runs/compare"), help="with --execute: the grid folder")
     parser.add_argument("--out", default=str(NOTEBOOKS), help="folder for the .ipynb files")
     args = parser.parse_args(argv)
     out = Path(args.out)
     stale = []
     for name in BUILDERS:
         path = out / f"{name}.ipynb"
-        text = nbformat.writes(build(name)) + "\n"
+        nb = build(name)
         if args.check:
-            if not path.exists() or path.read_text() != text:
+            if not path.exists() or sources(nbformat.read(path, as_version=4)) != sources(nb):
                 stale.append(path)
             continue
+        if args.execute:
+            execute(nb, args.run, args.compare)
         out.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"wrote {path}")
+        path.write_text(nbformat.writes(nb) + "\n")
+        print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
     if stale:
         print("out of date (run scripts/make_notebooks.py): " + ", ".join(map(str, stale)), file=sys.stderr)
         return 1

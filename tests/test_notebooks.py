@@ -22,6 +22,18 @@ def test_notebooks_are_generated_from_the_script():
     assert check.returncode == 0, check.stderr
 
 
+def test_committed_notebooks_show_their_figures_and_stay_small():
+    """Executed by `scripts/make_notebooks.py --execute` against the README's demo run and grid."""
+    import nbformat
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                  if "image/png" in o.get("data", {})]
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+        assert len(images) >= 2 and not errors, path.name
+        assert path.stat().st_size < 1_000_000, path.name
+
+
 @pytest.fixture(scope="module")
 def compare_dir(tmp_path_factory, session_cache, demo_run):
     """A small `mtil compare` grid on the demo stream, a baseline and two policies (reusing the session's cached demo

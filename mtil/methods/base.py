@@ -28,12 +28,7 @@ from ..registry import Registry
 METHODS = Registry("method")
 
 
-def register(name: str):
-    """Class decorator: the method is `method.name: <name>` in configs."""
-    def deco(cls):
-        cls.name = name
-        return METHODS.register(name)(cls)
-    return deco
+register = METHODS.named   # class decorator: the method is `method.name: <name>` in configs
 
 
 @dataclass(frozen=True)

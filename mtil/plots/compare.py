@@ -42,8 +42,9 @@ def compare_policies(results_by_policy: dict[str, list[dict]]) -> Figure:
     names = list(groups)
     colours = expert_colours(len(names))
     width = 0.8 / len(names)
-    fig = new_figure(max(8.0, 3.5 + 0.55 * len(tasks) * max(1, len(names) / 2) + 3.0), 4.3)
-    grid = fig.add_gridspec(1, 2, width_ratios=[max(len(tasks), 3), 3])
+    per_task = min(max(1, len(names) / 2), 2.5)    # wider groups for more bars, up to a page's width
+    fig = new_figure(max(8.0, 3.5 + 0.55 * len(tasks) * per_task + 1.2 * per_task), 4.3)
+    grid = fig.add_gridspec(1, 2, width_ratios=[max(len(tasks), 3), 3 * min(per_task, 1.6)])
     ax_tasks = mark_panel(fig.add_subplot(grid[0]), "per-dataset")
     ax_summary = mark_panel(fig.add_subplot(grid[1]), "summary")
     for n, policy in enumerate(names):

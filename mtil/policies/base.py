@@ -19,12 +19,7 @@ from ..registry import Registry
 POLICIES = Registry("policy")
 
 
-def register(name: str):
-    """Class decorator: the policy is `policy.name: <name>` in configs."""
-    def deco(cls):
-        cls.name = name
-        return POLICIES.register(name)(cls)
-    return deco
+register = POLICIES.named   # class decorator: the policy is `policy.name: <name>` in configs
 
 
 @dataclass(frozen=True)

@@ -200,9 +200,10 @@ def _read_events(file: Path) -> list[dict]:
     return events
 
 
-def _read_usage(file: Path, num_tasks: int) -> dict[str, np.ndarray]:
+def _read_usage(file: Path, num_tasks: int, has_experts: bool = True) -> dict[str, np.ndarray]:
     if not file.exists():
-        log.warning("%s missing; the expert figures are skipped", file)
+        if has_experts:   # a baseline method has no experts, hence no usage.npz: nothing to warn about
+            log.warning("%s missing; the expert figures are skipped", file)
         return {}
     try:
         with np.load(file, allow_pickle=False) as z:
@@ -249,7 +250,8 @@ def load_run(path: str | os.PathLike) -> RunRecord:
     results = _read_results(results_file)
     files = RunDir(path)
     return RunRecord(path=path, config=_read_config(files.config), results=results, events=_read_events(files.events),
-                     usage=_read_usage(files.usage, len(results["tasks"])))
+                     usage=_read_usage(files.usage, len(results["tasks"]),
+                                       has_experts=(results.get("method") or "moe") == "moe"))
 
 
 def find_runs(path: str | os.PathLike) -> list[Path]:
