@@ -115,6 +115,14 @@ def record(cfg: Mapping, dataset_fingerprints: Mapping | None = None) -> dict:
             "datasets": {n: _content(fp) for n, fp in fps.items()}, "mtil": _version()}
 
 
+def config_record(cfg: Mapping) -> dict:
+    """The record of a run that loads no backbone and reads no dataset (`mtil rl`): its config, hashed whole
+    (every key of an RL config acts on its numbers or files, `train.log_every` included)."""
+    plain = config.unwrap(dict(cfg))
+    return {"format": FORMAT, "config_sha256": sha256(config.flatten(plain)), "config": plain, "backbone": None,
+            "datasets": {}, "mtil": _version()}
+
+
 def _fmt(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:45] + "..." + text[-10:]

@@ -3,7 +3,8 @@
 The directory holds config.yaml, results.json (`kind: rl`, the learning curve, the final return; `complete`
 once done), events.jsonl (one `grow` line per MoE block growth, one `resume` line per resume),
 checkpoint.npz (every `train.checkpoint_every` iterations; --resume continues from it bit-exactly on the same
-machine), snapshot-<iteration>.npz (the state just before each growth, when `train.keep_snapshots`),
+machine; it and results.json carry the config's hash, `provenance.config_record`, and a checkpoint written by
+another config is refused), snapshot-<iteration>.npz (the state just before each growth, when `train.keep_snapshots`),
 trace.json (Fig. 4: router weights of the first critic MoE block over one greedy episode, with the stage),
 specialisation.json (the router-specialisation statistic and its random-router control, `specialisation`) and
 figures/. Every file is written atomically.
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import config as mtil_config
+from .. import provenance
 from ..errors import MtilError
 from ..rundir.files import numpy_savez, write_json, write_jsonl, write_text
 from . import envs, figures, nets, optim, ppo, specialisation
@@ -122,6 +124,7 @@ class Run:
         self.curve: list[dict] = []
         self.events: list[dict] = []
         self.window: list[dict] = []  # metrics of the iterations since the last curve point
+        self.provenance = provenance.config_record(cfg)
 
     # ------------------------------------------------------------------------------------------ network / state
     def _net(self, experts: int):
@@ -167,7 +170,8 @@ class Run:
     def _write_state(self, path: Path, state: ppo.TrainState):
         leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
         meta = {"experts": self.experts, "iteration": int(state.iteration), "curve": self.curve,
-                "events": self.events, "window": self.window}
+                "events": self.events, "window": self.window,
+                "config_sha256": self.provenance["config_sha256"]}
         numpy_savez(path, meta=np.array(json.dumps(meta)), **{f"leaf{i:05d}": x for i, x in enumerate(leaves)})
 
     def _save(self, state: ppo.TrainState, complete: bool):
@@ -185,7 +189,7 @@ class Run:
         except (OSError, ValueError, KeyError) as e:
             raise MtilError(f"cannot read {path} ({type(e).__name__}); {hint}") from None
         self.experts, self.curve, self.events = meta["experts"], meta["curve"], meta["events"]
-        self.window = meta["window"]
+        self.window, self._read_config_sha256 = meta["window"], meta.get("config_sha256")
         self._compile()
         template = self._template()
         ref = jax.tree.leaves(template)
@@ -197,6 +201,10 @@ class Run:
     def load_checkpoint(self) -> ppo.TrainState:
         """The state saved in checkpoint.npz."""
         state = self._read_state(self.out / "checkpoint.npz", "start a new run into a new --out")
+        there, now = self._read_config_sha256, self.provenance["config_sha256"]
+        if there is not None and there != now:   # checkpoints of mtil < 0.3 carry no hash
+            raise MtilError(f"cannot resume {self.out}: its checkpoint was written by another run (config sha256 "
+                            f"{there[:12]} there, {now[:12]} now); start a new run into a new --out")
         self.events.append({"event": "resume", "iteration": int(state.iteration)})
         return state
 
@@ -238,7 +246,7 @@ class Run:
         return {"kind": "rl", "label": label(self.cfg), "variant": variant(self.cfg), "env": self.cfg.env.name,
                 "seed": self.cfg.seed, "iterations": self.iterations,
                 "steps_per_iteration": self.steps_per_iteration, "experts": self.experts, "grow_at": self.grow_at,
-                "complete": complete, "final_window": n,
+                "complete": complete, "final_window": n, "provenance": self.provenance,
                 **figures.finals(self.curve, n), "curve": self.curve}
 
     # ------------------------------------------------------------------------------------------ loop

@@ -112,11 +112,20 @@ def test_growth_keeps_old_experts_and_their_adam_state(rl_runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_equals_uninterrupted_run(rl_runs, tmp_path):
-    """Stopped before the growth, resumed across it: same curve and the same final state, bit for bit."""
+def test_resume_equals_uninterrupted_run(rl_runs, tmp_path, capsys):
+    """Stopped before the growth, resumed across it: same curve and the same final state, bit for bit. A
+    checkpoint of another config put in its place (same shapes: the 1-expert run's) is refused."""
     out = tmp_path / "resumed"
     assert main(["rl", "rl/minatar_grow.yaml", "--out", str(out), "--stop-after", "3", *_sets()]) == 0
     assert not _results(out)["complete"]
+    own = (out / "checkpoint.npz").read_bytes()
+    with np.load(out / "checkpoint.npz") as z:
+        assert json.loads(str(z["meta"]))["config_sha256"] == _results(out)["provenance"]["config_sha256"]
+    (out / "checkpoint.npz").write_bytes((rl_runs / "1_expert" / "checkpoint.npz").read_bytes())
+    assert main(["rl", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its checkpoint was written by another run (config sha256" in err
+    (out / "checkpoint.npz").write_bytes(own)
     assert main(["rl", "--out", str(out), "--resume"]) == 0
     full, resumed = _results(rl_runs / "grow"), _results(out)
     assert resumed["complete"] and resumed["curve"] == full["curve"]
