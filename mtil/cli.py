@@ -8,7 +8,7 @@ import os
 import sys
 
 from . import __version__
-from .errors import MtilError
+from .errors import exit_status
 
 log = logging.getLogger("mtil")
 
@@ -53,14 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    try:
-        return int(modules[args.command].execute(args) or 0)
-    except MtilError as e:
-        print(f"mtil: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("mtil: interrupted; files already written are kept (a run continues with --resume)", file=sys.stderr)
-        return 130
+    return exit_status(lambda: modules[args.command].execute(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,8 @@
-"""The one exception type the CLI turns into a single clear line and a non-zero exit."""
+"""The one exception type the CLI turns into a single clear line and a non-zero exit, and the function that does it."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
 
 _WORKER_PREFIX = "Caught MtilError in DataLoader worker process"
 
@@ -20,3 +24,16 @@ class MtilError(Exception):
 
 class NonFiniteLoss(MtilError):
     """The training loss became NaN or infinite; `mtil.engine.run` adds what the user can do from the run's checkpoint."""
+
+
+def exit_status(action: Callable[[], int | None]) -> int:
+    """Run a command's `action` and return its exit status: an MtilError becomes one `mtil: error:` line on stderr
+    and 2, Ctrl-C a line saying what is kept and 130 (what `mtil` and the study scripts' `main` return)."""
+    try:
+        return int(action() or 0)
+    except MtilError as e:
+        print(f"mtil: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mtil: interrupted; files already written are kept (a run continues with --resume)", file=sys.stderr)
+        return 130

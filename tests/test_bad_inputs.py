@@ -575,6 +575,23 @@ def test_every_key_has_a_rule_that_its_default_meets(schema):
 
 
 
+def assert_refused(tmp_path, capsys, argv, expected):
+    """`mtil ARGV` (a bare argv is `mtil run ARGV`) exits 2 with one `mtil: error:` line holding every text of
+    `expected`, changes no file under tmp_path (an earlier file in the run directory included), and builds no
+    cache or ./runs."""
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    code = main(argv if argv and argv[0] in COMMANDS else ["run", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("mtil: error: "), (code, err)
+    for text in expected:
+        assert text in err[0], (text, err[0])
+    after = snapshot(tmp_path)
+    for path, content in before.items():
+        assert after.get(path) == content, f"{path} changed or vanished"
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("case", CASES + issue_cases() + key_cases(), ids=_ids)
 def test_bad_input_one_line_exit_2_nothing_lost(case, data_copy, tmp_path, capsys, monkeypatch):
     t = Case(tmp_path, data_copy)
@@ -582,18 +599,7 @@ def test_bad_input_one_line_exit_2_nothing_lost(case, data_copy, tmp_path, capsy
     monkeypatch.setenv("MTIL_CACHE", str(tmp_path / "cache"))   # demo assets are never built for a bad input
     try:
         argv, expected, *nothing_created = case(t)
-        # an earlier file in the run directory, which no error may remove or change
-        before = snapshot(tmp_path)
-        capsys.readouterr()
-        code = main(argv if argv and argv[0] in COMMANDS else ["run", *argv])
-        err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(err) == 1 and err[0].startswith("mtil: error: "), (code, err)
-        for text in expected:
-            assert text in err[0], (text, err[0])
-        after = snapshot(tmp_path)
-        for path, content in before.items():
-            assert after.get(path) == content, f"{path} changed or vanished"
-        assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
+        assert_refused(tmp_path, capsys, argv, expected)
         if nothing_created:   # a config value: refused at load, before the run directory or any model exists
             assert not Path(t.out).exists()
     finally:

@@ -3,7 +3,7 @@ naming what differs, every file that existed before unchanged), and what it can 
 
 Kinds: provenance (resume, compare cell reuse), report validation and grouping, config files, prepared data,
 images, the user's files (foreign --out, the lock), plasticity / RL inputs. The table harness is
-tests/test_bad_inputs.py's (same Case, same snapshot); the rows here need runs, which a module fixture makes once.
+tests/test_bad_inputs.py's (same Case, same assert_refused); the rows here need runs, which a module fixture makes once.
 Beside the tables: a stale lock, a full disk, a failed permission and Ctrl-C during a checkpoint write.
 """
 import errno
@@ -23,7 +23,7 @@ import pytest
 import torch
 from conftest import TINY_OVERRIDES, make_stream
 from PIL import Image
-from test_bad_inputs import COMMANDS, Case, _fake_run, snapshot, tiny
+from test_bad_inputs import Case, _fake_run, assert_refused, tiny
 
 from mtil import config, provenance
 from mtil.cli import main
@@ -489,17 +489,7 @@ def test_refused_in_one_line_nothing_changed(row, made, data_copy, tmp_path, cap
     monkeypatch.setenv("MTIL_CACHE", str(tmp_path / "cache"))
     try:
         argv, expected = row(t, made)
-        before = snapshot(tmp_path)
-        capsys.readouterr()
-        code = main(argv if argv[0] in COMMANDS else ["run", *argv])
-        err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(err) == 1 and err[0].startswith("mtil: error: "), (code, err)
-        for text in expected:
-            assert text in err[0], (text, err[0])
-        after = snapshot(tmp_path)
-        for path, content in before.items():
-            assert after.get(path) == content, f"{path} changed or vanished"
-        assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
+        assert_refused(tmp_path, capsys, argv, expected)
     finally:
         for undo in t.cleanup:
             undo()

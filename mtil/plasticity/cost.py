@@ -13,7 +13,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..errors import MtilError
+from ..errors import MtilError, exit_status
 from . import methods as registry
 from . import study
 
@@ -65,17 +65,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed updates per method and chunk (default: 5)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    try:
+
+    def action():
         cfg = study.load_config(args.config, args.overrides)
         if cfg.data.image_size is None:
             raise MtilError("data.image_size is null; set it to time the config")
         if cfg.train.threads is not None:
             torch.set_num_threads(cfg.train.threads)
         print(cost_markdown(cost_rows(cfg, args.steps), cfg), end="")
-    except MtilError as e:
-        print(f"mtil: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(action)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import MtilError
+from ..errors import MtilError, exit_status
 
 
 def _last(results: dict, method: str) -> dict | None:
@@ -60,12 +60,7 @@ def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
         return 2
-    try:
-        print(pilot_markdown([pilot_row(Path(d)) for d in argv]), end="")
-    except MtilError as e:
-        print(f"mtil: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: print(pilot_markdown([pilot_row(Path(d)) for d in argv]), end=""))
 
 
 if __name__ == "__main__":
