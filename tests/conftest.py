@@ -12,6 +12,23 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+class Interrupt(BaseException):
+    """A kill: raised where a test stops a run, not an Exception, so no handler of mtil's catches it."""
+
+
+def interrupt_at_row(monkeypatch, n):
+    """Patch the evaluator so that its n-th accuracy row (1-based) raises Interrupt: a kill between tasks."""
+    from mtil.engine import evaluate
+    original_row, calls = evaluate.Evaluator.row, {"n": 0}
+
+    def row(self, learned):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise Interrupt
+        return original_row(self, learned)
+    monkeypatch.setattr(evaluate.Evaluator, "row", row)
+
+
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory):
     """The session's MTIL_CACHE folder (demo data and pre-trained tiny CLIP are built into it once)."""

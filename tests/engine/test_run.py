@@ -7,8 +7,9 @@ import pytest
 
 from mtil import metrics
 from mtil.cli import main
-from mtil.engine import evaluate
 from mtil.model.usage import UsageTracker
+
+from conftest import Interrupt, interrupt_at_row
 
 
 def results(out):
@@ -60,10 +61,6 @@ def test_same_seed_same_matrix(tiny_args, tmp_path):
     assert results(tmp_path / "a")["matrix"] == results(tmp_path / "b")["matrix"]
 
 
-class Interrupt(BaseException):
-    pass
-
-
 @pytest.mark.parametrize("where,policy", [("during-eval", "merge"), ("mid-task", "grow")])
 def test_resume_equals_uninterrupted(tiny_args, tmp_path, monkeypatch, where, policy):
     """(Every policy's mid-task resume is in test_policies' contract test.)"""
@@ -81,15 +78,7 @@ def test_resume_equals_uninterrupted(tiny_args, tmp_path, monkeypatch, where, po
             original(self, step)
         monkeypatch.setattr(UsageTracker, "snapshot_router", snapshot_router)
     else:
-        original_row = evaluate.Evaluator.row
-        calls = {"n": 0}
-
-        def row(self, learned):
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise Interrupt
-            return original_row(self, learned)
-        monkeypatch.setattr(evaluate.Evaluator, "row", row)
+        interrupt_at_row(monkeypatch, 2)
 
     with pytest.raises(Interrupt):
         main(["run", *args, "--out", str(tmp_path / "cut")])

@@ -7,13 +7,13 @@ import torch
 
 from mtil import config
 from mtil.cli import main
-from mtil.engine import evaluate
 from mtil.engine.run import Run
 from mtil.methods import METHODS
 from mtil.methods import build as build_method
 from mtil.methods.wiseft import WiSEFT
 from mtil.methods.zscl import ZSCL
 
+from conftest import Interrupt, interrupt_at_row
 from method_helpers import method_root  # noqa: F401 (fixture)
 
 BASELINES = ("finetune", "lwf", "icarl", "wiseft", "zscl")
@@ -132,25 +132,13 @@ def test_icarl_memory_holds_the_configured_exemplars(method_root, tmp_path, sele
             assert [[labels[r] for r in g] for g in groups] == [[0], [1], [2]]   # each class its own exemplar
 
 
-class Interrupt(BaseException):
-    pass
-
-
 @pytest.mark.parametrize("name", ["zero-shot", *BASELINES])
 def test_resume_after_a_kill_between_tasks_and_inside_a_task_is_exact(name, method_root, tmp_path, monkeypatch):
     args = [*cli(method_root, f"method.name={name}", "train.checkpoint_every=2")]
     assert main(["run", *args, "--out", str(tmp_path / "full")]) == 0
     cut = str(tmp_path / "cut")
 
-    original_row = evaluate.Evaluator.row
-    calls = {"n": 0}
-
-    def row(self, learned):                 # between tasks: while task 1's row is evaluated
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise Interrupt
-        return original_row(self, learned)
-    monkeypatch.setattr(evaluate.Evaluator, "row", row)
+    interrupt_at_row(monkeypatch, 1)        # between tasks: while task 1's row is evaluated
     with pytest.raises(Interrupt):
         main(["run", *args, "--out", cut])
     monkeypatch.undo()

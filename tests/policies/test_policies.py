@@ -16,6 +16,8 @@ from mtil.model import backbone, moe
 from mtil.model.usage import UsageTracker
 from mtil.policies import TrainContext
 
+from conftest import Interrupt
+
 
 def resets(opt):
     """What the training loop wires into TrainContext: a changed slot restarts its optimizer state."""
@@ -27,10 +29,6 @@ def results(out):
 
 def adapters(out):
     return torch.load(out / "checkpoints" / "last.pt", weights_only=False)["adapters"]
-
-
-class Interrupt(BaseException):
-    pass
 
 
 @pytest.mark.parametrize("name", sorted(policies.POLICIES))
