@@ -179,17 +179,22 @@ class Run:
         write_jsonl(self.out / "events.jsonl", self.events)
         write_json(self.out / "results.json", self.results(complete))
 
-    def _read_state(self, path: Path, hint: str) -> ppo.TrainState:
+    def _read_state(self, path: Path, hint: str, config_sha256: str | None = None) -> ppo.TrainState:
         """The state saved in `path` (the network is rebuilt with the experts it had); sets curve, events and
-        the pending window from it."""
+        the pending window from it. With `config_sha256`, a state written under another config is refused
+        (states of mtil < 0.3 carry no hash)."""
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 leaves = [z[k] for k in sorted(k for k in z.files if k.startswith("leaf"))]
         except (OSError, ValueError, KeyError) as e:
             raise MtilError(f"cannot read {path} ({type(e).__name__}); {hint}") from None
+        there = meta.get("config_sha256")
+        if config_sha256 is not None and there is not None and there != config_sha256:
+            raise MtilError(f"cannot resume {self.out}: its checkpoint was written by another run (config sha256 "
+                            f"{there[:12]} there, {config_sha256[:12]} now); {hint}")
         self.experts, self.curve, self.events = meta["experts"], meta["curve"], meta["events"]
-        self.window, self._read_config_sha256 = meta["window"], meta.get("config_sha256")
+        self.window = meta["window"]
         self._compile()
         template = self._template()
         ref = jax.tree.leaves(template)
@@ -200,11 +205,8 @@ class Run:
 
     def load_checkpoint(self) -> ppo.TrainState:
         """The state saved in checkpoint.npz."""
-        state = self._read_state(self.out / "checkpoint.npz", "start a new run into a new --out")
-        there, now = self._read_config_sha256, self.provenance["config_sha256"]
-        if there is not None and there != now:   # checkpoints of mtil < 0.3 carry no hash
-            raise MtilError(f"cannot resume {self.out}: its checkpoint was written by another run (config sha256 "
-                            f"{there[:12]} there, {now[:12]} now); start a new run into a new --out")
+        state = self._read_state(self.out / "checkpoint.npz", "start a new run into a new --out",
+                                 self.provenance["config_sha256"])
         self.events.append({"event": "resume", "iteration": int(state.iteration)})
         return state
 
