@@ -90,13 +90,11 @@ def run_grid(config_path, overrides: list[str], policies: list[str], seeds: list
 
 def summarize_grid(cells: list[Path], out: Path) -> dict:
     from ..plots import compare_policies
+    from ..plots.common import save_figures
     groups = report.group_runs(cells)
     by_policy = {g.label: g.runs for g in groups}  # labels are unique per config (report.group_runs)
     paths = {"table_md": out / "compare.md", "table_json": out / "compare.json", "figure": out / "compare.png"}
     files.write_text(paths["table_md"], report.render(cells, "md") + "\n")
     files.write_text(paths["table_json"], report.render(cells, "json") + "\n")
-    fig = compare_policies(by_policy)
-    for suffix in ("png", "svg"):
-        target = out / f"compare.{suffix}"
-        files.atomic_write(target, lambda f, s=suffix: fig.savefig(f, format=s, dpi=120, bbox_inches="tight"), "wb")
+    save_figures(compare_policies(by_policy), out, "compare", dpi=120)
     return {k: str(v) for k, v in paths.items()}

@@ -18,15 +18,8 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
 
 
 def _save(fig, out: Path, stem: str, dpi: int) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    paths = [Path(out) / f"{stem}.png", Path(out) / f"{stem}.svg"]
-    for p in paths:
-        tmp = p.with_name(f".tmp.{p.name}")
-        fig.savefig(tmp, dpi=dpi, format=p.suffix[1:])
-        tmp.replace(p)
-    plt.close(fig)
-    return paths
+    from ..plots.common import save_figures   # matplotlib only when drawing
+    return save_figures(fig, out, stem, dpi=dpi, tight=False)
 
 
 def _band(ax, x, mean, std, n, **kw):

@@ -119,9 +119,20 @@ def expert_colours(count: int) -> list:
     return [colormaps["turbo"](e / max(count - 1, 1)) for e in range(count)]
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, fmt: str | None = None, dpi: int = 130) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike, fmt: str | None = None, dpi: int = 130,
+                tight: bool = True) -> Path:
     """Write one figure atomically (`rundir.files.atomic_write`: a file-system error is one MtilError line) as `fmt`
-    (default: the file's suffix)."""
+    (default: the file's suffix), cropped to its content unless `tight` is false."""
     path = Path(path)
     fmt = fmt or path.suffix.lstrip(".") or "png"
-    return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight"), "wb")
+    bbox = "tight" if tight else None
+    return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches=bbox), "wb")
+
+
+def save_figures(fig: Figure, out: str | os.PathLike, stem: str, formats: Iterable[str] = ("png", "svg"),
+                 dpi: int = 130, tight: bool = True) -> list[Path]:
+    """`save_figure` as out/<stem>.<format> for each format, then close the figure (pyplot's, if it is one)."""
+    import matplotlib.pyplot as plt
+    paths = [save_figure(fig, Path(out) / f"{stem}.{fmt}", fmt, dpi, tight) for fmt in formats]
+    plt.close(fig)
+    return paths

@@ -17,6 +17,11 @@ from ..errors import MtilError
 FORMATS = ("png", "svg")
 
 
+def _save(fig, out: Path, name: str) -> list[Path]:
+    from ..plots.common import save_figures   # matplotlib only when drawing
+    return save_figures(fig, out, name, FORMATS, dpi=120)
+
+
 def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -44,20 +49,6 @@ def load(path: Path) -> dict:
     if results.get("kind") != "rl" or not isinstance(results.get("curve"), list):
         raise MtilError(f"{path} is not a `mtil rl` run directory (results.json lacks kind: rl and a curve)")
     return results
-
-
-def _save(fig, out: Path, name: str) -> list[Path]:
-    import matplotlib.pyplot as plt
-    out.mkdir(parents=True, exist_ok=True)
-    files = []
-    for fmt in FORMATS:
-        path = out / f"{name}.{fmt}"
-        tmp = out / f".{name}.tmp.{fmt}"
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=fmt)
-        tmp.replace(path)
-        files.append(path)
-    plt.close(fig)
-    return files
 
 
 FINAL_KEYS = ("return", "return_stage0", "return_stage1", "reached_stage1", "max_stage", "achievements")
