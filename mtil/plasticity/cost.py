@@ -36,8 +36,7 @@ def seconds_per_step(cfg, name: str, chunk: int, steps: int, device: torch.devic
 def cost_rows(cfg, steps: int) -> list[dict]:
     device = study.resolve_device(cfg.train.device)
     chunks, per_chunk = cfg.study.chunks, cfg.study.steps_per_chunk
-    every = cfg.diagnostics.gap_every
-    gap_chunks = [c for c in range(1, chunks + 1) if every and c % every == 0]
+    gap_chunks = [c for c in range(1, chunks + 1) if study.gap_at(cfg.diagnostics, c)]
     rows = []
     for name in cfg.study.methods:
         first, last = seconds_per_step(cfg, name, 1, steps, device), seconds_per_step(cfg, name, chunks, steps, device)

@@ -210,6 +210,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
+def gap_at(dcfg, chunk: int) -> bool:
+    """Whether the plasticity gap (a fresh copy trained beside the model) is measured at `chunk` (1-based)."""
+    return dcfg.gap_every > 0 and chunk % dcfg.gap_every == 0
+
+
 def _evaluate(model, data: Data, labels: torch.Tensor, idx: torch.Tensor, batch_size: int) -> torch.Tensor:
     model.eval()
     correct = []
@@ -282,8 +287,7 @@ def run_one(cfg, name: str, seed: int, data: Data) -> dict:
             model.mlp.to(device)
         learner = Learner(model, tcfg, device, old=opt)
         opt = learner.opt
-        gap = dcfg.gap_every > 0 and c % dcfg.gap_every == 0
-        fresh = Learner(fresh_copy(cfg, name, seed, c, size, device), tcfg, device) if gap else None
+        fresh = Learner(fresh_copy(cfg, name, seed, c, size, device), tcfg, device) if gap_at(dcfg, c) else None
         batches = stream.batches(c, bs, sampler)
         acc_sum = torch.zeros((), device=device)
         loss_sum = torch.zeros((), device=device)
@@ -328,8 +332,8 @@ def run_one(cfg, name: str, seed: int, data: Data) -> dict:
             row.update(probe(model, probe_x))
             model.train()
         if fresh is not None:
-            fresh_correct = _evaluate(fresh.model, data, labels, where, cfg.eval.batch_size).cpu()
-            row["fresh_acc_new"] = mean(fresh_correct[is_new])
+            fresh_correct = _evaluate(fresh.model, data, labels, where[is_new.to(device)], cfg.eval.batch_size).cpu()
+            row["fresh_acc_new"] = mean(fresh_correct)   # the fresh copy is scored on the new chunk only
             row["gap"] = round(row["fresh_acc_new"] - row["acc_new"], 6)
         record["chunks"].append(row)
         log.info("%s seed %d chunk %d/%d: train acc %.3f, seen acc %.3f, MLP active %d%s", name, seed, c,
@@ -360,7 +364,7 @@ def summarize(records: dict, methods: list[str], seeds: list[int]) -> dict:
         keys = ["acc_seen", "acc_new", "gap", "fresh_acc_new", "eff_rank"]
         for key, values in [(k, per_chunk(k)) for k in keys] + [("chunk_train_acc", per_chunk("train_acc")),
                                                                 ("train_acc", [r["train_acc"] for r in runs])]:
-            if any(v is not None for run in values for v in (run if isinstance(run, list) else [run])):
+            if any(v is not None for run in values for v in run):
                 entry[f"{key}_mean"], entry[f"{key}_std"] = _bands(values)
         layers = list(runs[0]["chunks"][0].get("dead", {}))
         if layers:
