@@ -138,12 +138,12 @@ def summarise(groups: dict[str, list[tuple[Path, dict]]]) -> dict:
              "incomplete": sum(not r.get("complete") for _, r in members), "final": {}, "specialisation": {},
              "inputs": {}}
         final = [figures.finals(r["curve"], int(r.get("final_window", 10))) for _, r in members]
-        for key, _ in FINALS:
-            vals = [f[key] for f in final]
-            vals = [v for v in vals if v is not None]
+        finals_of[name] = {}
+        for key, _ in FINALS:   # seed -> value (a group's seeds are distinct: group_runs refuses repeats)
+            per_seed = {r["seed"]: f[key] for (_, r), f in zip(members, final) if f[key] is not None}
+            vals = list(per_seed.values())
             g["final"][key] = {**interval(vals), "values": vals} if vals else None
-        finals_of[name] = {key: {r["seed"]: f[key] for (_, r), f in zip(members, final) if f[key] is not None}
-                           for key, _ in FINALS}
+            finals_of[name][key] = per_seed
         onsets = [stage1_onset(r["curve"]) for _, r in members]
         reached = [o for o in onsets if o is not None]
         g["stage1_onset"] = {**interval(reached), "values": onsets} if reached else None
