@@ -23,8 +23,6 @@ from .memory import peak_memory
 from .steps import StepFactory, autocast
 from .timing import interleaved, median, ratio, spread
 
-VARIANTS = ("moe", "finetune", "finetune_checkpointing")
-
 
 def finetune_step(f: StepFactory, checkpointing: bool) -> Callable[[], float]:
     """One full fine-tuning step of the `finetune` method on a copy of the bench backbone."""

@@ -140,9 +140,7 @@ class Evaluator:
         """Task id per sample of dataset j after tasks 0..learned-1 were trained (-1 = zero-shot CLIP)."""
         n = feats.shape[0]
         mode = self.mode
-        if mode == "whole-model":
-            return torch.full((n,), UNSEEN, dtype=torch.long)   # no adapters: the model itself answers
-        if mode == "zero-shot" or learned == 0:
+        if mode in ("zero-shot", "whole-model") or learned == 0:   # whole-model: no adapters, the model answers
             return torch.full((n,), UNSEEN, dtype=torch.long)
         if mode == "oracle":
             return torch.full((n,), j if j < learned else UNSEEN, dtype=torch.long)

@@ -34,7 +34,7 @@ from .selector import check_sizes
 from .train import Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
-LR_MAPS = ("train.lr_per_task", "method.finetune.lr_per_task")   # per-task learning rates (adapters, full fine-tuning)
+LR_MAPS = tuple(dict.fromkeys(methods.METHODS.get(n).obj.lr_table for n in methods.METHODS))   # per-task lr tables
 
 
 def versions() -> dict:

@@ -78,13 +78,17 @@ class Method(ABC):
         return configured
 
     # ---- one task -------------------------------------------------------------------------------------------
-    @abstractmethod
+    lr_table: str   # the config table of per-task learning rates the subclass's `lr_per_task` comes from
+    lr: float
+    lr_per_task: dict
+
     def lr_of(self, task: str) -> float:
         """Learning rate of task `task`."""
+        return rate_of(task, self.lr, self.lr_per_task)
 
-    @abstractmethod
     def lr_key(self, task: str) -> str:
         """The config key that sets task `task`'s learning rate (named in the NaN-loss advice)."""
+        return f"{self.lr_table}.{task}"
 
     @abstractmethod
     def build_optimizer(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -24,8 +24,6 @@ from ..data.pipeline import StepBatches, Undecodable, decode
 from ..policies import TrainContext
 from .finetune import FineTune
 
-ORDERS = ("shuffled", "sequential")
-
 
 def distillation(teacher: torch.Tensor, student: torch.Tensor, temperature: float) -> torch.Tensor:
     """ZSCL's helpers.distillation: soft-target cross-entropy at temperature T, scaled by T^2."""

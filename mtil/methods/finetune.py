@@ -20,9 +20,7 @@ from torch import nn
 
 from ..model import moe
 from ..policies import TrainContext
-from .base import Method, MethodFacts, rate_of, register
-
-TRAIN_MODES = ("whole", "image")
+from .base import Method, MethodFacts, register
 
 
 class WholeCLIP(nn.Module):
@@ -45,6 +43,7 @@ class WholeCLIP(nn.Module):
 
 @register("finetune")
 class FineTune(Method):
+    lr_table = "method.finetune.lr_per_task"
     keeps_start = False       # subclasses that need the weights each task started from (anchor, teacher)
 
     def __init__(self, facts: MethodFacts, *, train_mode: str = "whole", lr: float = 1e-5,
@@ -101,12 +100,6 @@ class FineTune(Method):
             params[n].copy_(w)
 
     # ---- one task -------------------------------------------------------------------------------------------
-    def lr_of(self, task: str) -> float:
-        return rate_of(task, self.lr, self.lr_per_task)
-
-    def lr_key(self, task: str) -> str:
-        return f"method.finetune.lr_per_task.{task}"
-
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.named_weights().values())
 

@@ -28,8 +28,6 @@ from ..policies import TrainContext
 from .base import MethodFacts, register
 from .distill import Distilling, ImageList
 
-SELECTIONS = ("reference", "per_class")
-
 
 def herding(features: torch.Tensor, m: int, shrinking_index: bool = False) -> list[int]:
     """iCaRL's herding over normalized features [n, d]: m picks (at most n), each the candidate whose addition

@@ -19,11 +19,13 @@ from ..engine.slice_guard import SliceGuard
 from ..model import moe
 from ..model.usage import UsageTracker
 from ..policies import Policy, TrainContext
-from .base import Method, MethodFacts, rate_of, register
+from .base import Method, MethodFacts, register
 
 
 @register("moe")
 class MoE(Method):
+    lr_table = "train.lr_per_task"
+
     def __init__(self, facts: MethodFacts, policy: Policy, *, adapters: dict, lr: float, lr_per_task: dict,
                  balance_weight: float, router_snapshot_every: int):
         super().__init__(facts)
@@ -55,12 +57,6 @@ class MoE(Method):
         self.tracker = UsageTracker(self.model)
         self.policy.attach(self.model, self.tracker, fresh=fresh)
         return self.model
-
-    def lr_of(self, task: str) -> float:
-        return rate_of(task, self.lr, self.lr_per_task)
-
-    def lr_key(self, task: str) -> str:
-        return f"train.lr_per_task.{task}"
 
     def build_optimizer(self, lr: float, weight_decay: float) -> optim.SlotAdamW:
         return optim.build_optimizer(self.model, lr, weight_decay)

@@ -13,8 +13,6 @@ from ..policies import TrainContext
 from .base import MethodFacts, register
 from .finetune import FineTune
 
-ANCHORS = ("previous", "zero-shot")
-
 
 @register("wiseft")
 class WiSEFT(FineTune):
