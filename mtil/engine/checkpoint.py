@@ -21,9 +21,11 @@ def save(state: dict, path: str | os.PathLike) -> Path:
     return files.atomic_write(path, lambda f: torch.save({**state, "format": FORMAT}, f), "wb")
 
 
-def load(path: str | os.PathLike) -> dict:
+def load(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """The checkpoint at `path`; with `mmap`, its tensors are mapped from the file, not read (a record is cheap
+    to get from a checkpoint of several full models)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as e:  # a truncated or foreign file: torch raises several types
         raise MtilError(f"cannot read {path} ({type(e).__name__}); it is not an mtil checkpoint") from None
     if isinstance(state, dict) and state.get("format") == 1:

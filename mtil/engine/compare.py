@@ -41,7 +41,7 @@ def cell_status(cell: Path) -> str:
 def _recorded(cell: Path, status: str) -> dict:
     """The provenance record of a finished cell (its results.json) or of an interrupted one (its checkpoint)."""
     if status == "partial":
-        return checkpoint.load(RunDir(cell).checkpoint)["provenance"]
+        return checkpoint.load(RunDir(cell).checkpoint, mmap=True)["provenance"]
     rec = provenance.of_results(rundir.read_results(cell), RunDir(cell).results)
     if rec is None:
         raise MtilError(f"cell {cell} records no provenance (written by an earlier mtil), so it cannot be vouched "
