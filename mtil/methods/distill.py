@@ -146,8 +146,9 @@ class Distilling(FineTune):
         self._batches = None
         if images is None or len(images) == 0:
             return
-        if self.teacher_is_start:
-            self.teacher = frozen_copy(self.clip)
+        if self.teacher_is_start:   # one copy for the run; what trains is reset to this task's start
+            if self.teacher is None:
+                self.teacher = frozen_copy(self.clip)
             self.load_weights(self.start, into=self.teacher)
         tokens = self.tokenizer(self.reference_texts(task)).to(self.device)
         self.texts = text_features(self.teacher, tokens, self.facts.eval_batch_size)
