@@ -8,7 +8,7 @@ A record (`record(cfg, datasets)`) holds
     moved to another path keeps its provenance) and the keys that change no number (NEUTRAL; `eval.batch_size`
     too, unless the task selector decides per evaluation batch);
   * `backbone`: what `model.pretrained` loaded: the sha256 of the weights file (of every file of a `local-dir:`
-    folder), the open_clip tag, or random initialisation;
+    folder), the open_clip tag, or random initialisation, and the activation the model was built with;
   * `datasets`: per dataset of `data.order`, the fingerprint `mtil prepare` recorded (row counts, class list and
     content hashes per split; `mtil.data.prepared.fingerprint`).
 Two records describe the same computation when identity, backbone and datasets agree. `differences(old, new)`
@@ -51,7 +51,8 @@ def sha256(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """A file's sha256, computed once per (path, size, mtime) in this process."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _file_hashes:
@@ -63,28 +64,35 @@ def _file_sha256(path: Path) -> str:
     return _file_hashes[key]
 
 
-def backbone(pretrained: str | None) -> dict:
+def backbone(model_cfg: Mapping) -> dict:
     """What `model.pretrained` loads, by content: a file's sha256, a local-dir folder's files' sha256, an open_clip
-    tag (its weights are open_clip's, named by the tag), or random initialisation."""
+    tag (its weights are open_clip's, named by the tag), or random initialisation; and the activation the model is
+    built with for those weights (`mtil.model.backbone.activation_for`)."""
+    from .model.backbone import activation_for
+    pretrained = model_cfg.get("pretrained")
+    act = activation_for(str(model_cfg["name"]), pretrained, model_cfg.get("activation", "auto"))
     if pretrained in (None, ""):
-        return {"kind": "random-init"}
+        return {"kind": "random-init", "activation": act}
     text = str(pretrained)
     if text.startswith("local-dir:"):
         folder = Path(text[len("local-dir:"):]).expanduser()
         files = sorted(p for p in folder.rglob("*") if p.is_file())
-        return {"kind": "local-dir", "sha256": sha256({str(p.relative_to(folder)): _file_sha256(p) for p in files})}
+        return {"kind": "local-dir", "sha256": sha256({str(p.relative_to(folder)): file_sha256(p) for p in files}),
+                "activation": act}
     path = Path(text).expanduser()
     if os.path.isfile(path):
-        return {"kind": "file", "sha256": _file_sha256(path), "bytes": path.stat().st_size}
-    return {"kind": "open_clip tag", "tag": text}
+        return {"kind": "file", "sha256": file_sha256(path), "bytes": path.stat().st_size, "activation": act}
+    return {"kind": "open_clip tag", "tag": text, "activation": act}
 
 
 def describe_backbone(fact: Mapping | None) -> str:
     if not fact:
         return "unknown"
     if fact.get("kind") in ("file", "local-dir"):
-        return f"{fact['kind']} sha256 {fact['sha256'][:12]}"
-    return f"tag {fact['tag']}" if fact.get("kind") == "open_clip tag" else str(fact.get("kind"))
+        what = f"{fact['kind']} sha256 {fact['sha256'][:12]}"
+    else:
+        what = f"tag {fact['tag']}" if fact.get("kind") == "open_clip tag" else str(fact.get("kind"))
+    return f"{what} ({fact.get('activation', 'activation not recorded')})"
 
 
 def datasets(data_cfg: Mapping, names: Iterable[str]) -> dict:
@@ -111,7 +119,7 @@ def record(cfg: Mapping, dataset_fingerprints: Mapping | None = None) -> dict:
     plain = config.unwrap(dict(cfg))
     fps = dataset_fingerprints if dataset_fingerprints is not None else datasets(plain["data"], plain["data"]["order"])
     return {"format": FORMAT, "config_sha256": sha256(identity(plain)), "config": plain,
-            "backbone": backbone(plain["model"]["pretrained"]),
+            "backbone": backbone(plain["model"]),
             "datasets": {n: _content(fp) for n, fp in fps.items()}, "mtil": _version()}
 
 

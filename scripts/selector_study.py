@@ -24,7 +24,7 @@ from mtil.model import backbone, moe
 
 def measure(cfg) -> dict:
     resolve_demo_assets(cfg)
-    bb = backbone.load(cfg.model.name, cfg.model.pretrained)
+    bb = backbone.load(cfg.model.name, cfg.model.pretrained, activation=cfg.model.activation)
     tasks = [pipeline.load_task(cfg.data, name, cfg.seed) for name in cfg.data.order]
     model = moe.attach(bb.model, towers=("image",), num_experts=2, top_k=1, hidden=1, num_routers=1)
     ev = Evaluator(model, tasks, bb.preprocess_val, bb.tokenizer, eval_cfg=cfg.eval, selector_cfg=cfg.selector,

@@ -100,8 +100,9 @@ def few_shot_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def load_task(data_cfg, name: str, seed: int) -> TaskData:
-    """Load one prepared dataset (train + test), checked against what mtil prepare recorded, and apply few-shot
-    and evaluation caps from the config."""
+    """Load one prepared dataset (train + test), checked against what mtil prepare recorded, and apply few-shot,
+    evaluation and smoke-test caps from the config (data.max_classes, data.max_templates: each a named key that the
+    run's config records, for runs of the real architecture on a CPU)."""
     info = prepared.load_info(data_cfg.root, name)
     train = _undecoded(prepared.load_split(data_cfg.root, name, "train"))
     test = _undecoded(prepared.load_split(data_cfg.root, name, "test"))
@@ -110,12 +111,18 @@ def load_task(data_cfg, name: str, seed: int) -> TaskData:
     if data_cfg.few_shot:
         labels = np.asarray(train["label"])
         train = train.select(few_shot_indices(labels, int(data_cfg.few_shot), seed_for(seed, name, "few-shot")))
+    classnames, templates = list(info.classnames), list(info.templates)
+    if data_cfg.max_classes is not None and data_cfg.max_classes < len(classnames):   # a smoke-test cap (recorded)
+        n = int(data_cfg.max_classes)
+        classnames = classnames[:n]
+        train, test = (ds.select(np.flatnonzero(np.asarray(ds["label"]) < n)) for ds in (train, test))
+    if data_cfg.max_templates is not None:
+        templates = templates[:int(data_cfg.max_templates)]
     cap = data_cfg.max_eval_per_dataset
     if cap is not None and len(test) > cap:
         rng = np.random.default_rng(seed_for(seed, name, "eval-cap"))
         test = test.select(np.sort(rng.permutation(len(test))[:cap]))
-    return TaskData(info.name if hasattr(info, "name") else name, list(info.classnames), list(info.templates), train, test,
-                    fingerprint)
+    return TaskData(info.name if hasattr(info, "name") else name, classnames, templates, train, test, fingerprint)
 
 
 def decode(record, dataset: str, split: str, index: int, bad_images: str) -> Image.Image | Undecodable:

@@ -55,13 +55,26 @@ def check_resumable(saved: dict, current: dict, progress: dict, rows: int, out: 
     every test split before the first row."""
     order = current["config"]["data"]["order"]
     started = progress["task"] + (progress["phase"] != "train" or progress["step"] > 0)
-    ignore = ([f"{k}.{n}" for k in LR_MAPS for n in order[progress["task"]:]] if started == progress["task"]
-              else [])
+    ignore = _lr_keys_of(order[progress["task"]:], saved, current) if started == progress["task"] else []
     unread = {(n, "train") for n in order[started:]} | ({(n, "test") for n in order} if rows == 0 else set())
     diffs = provenance.differences(saved, current, ignore, unread)
     if diffs:
         raise MtilError(f"cannot resume {out}: its checkpoint was written by another run ({provenance.summary(diffs)}"
                         f"); resume with that run's config, backbone and data, or start a new --out")
+
+
+def _lr_keys_of(tasks, *records: dict) -> list[str]:
+    """The flat config keys of the per-task lr tables (LR_MAPS) that set one of `tasks`' lrs in any of the
+    records, however each table spells the dataset (`train.lr_per_task.Cars` sets StanfordCars)."""
+    wanted = {config.dataset_key(n) for n in tasks}
+    out = set()
+    for rec in records:
+        for table in LR_MAPS:
+            entries = rec["config"]
+            for part in table.split("."):
+                entries = entries.get(part, {}) if isinstance(entries, dict) else {}
+            out.update(f"{table}.{n}" for n in entries if config.dataset_key(n) in wanted)
+    return sorted(out)
 
 
 def prepare_out_dir(out: Path, resume: bool) -> Claim:
@@ -116,7 +129,8 @@ class Run:
         set_seed(cfg.seed, device_specific=True)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)   # for the rest of the process
-        self.backbone = backbone.load(cfg.model.name, cfg.model.pretrained, device=self.accelerator.device)
+        self.backbone = backbone.load(cfg.model.name, cfg.model.pretrained, device=self.accelerator.device,
+                                      activation=cfg.model.activation)
         self.tasks = [pipeline.load_task(cfg.data, name, cfg.seed) for name in cfg.data.order]
         self.names = [t.name for t in self.tasks]
         self.provenance = provenance.record(cfg, {n: t.fingerprint for n, t in zip(cfg.data.order, self.tasks)})

@@ -7,6 +7,7 @@ import pytest
 
 from mtil import metrics
 from mtil.cli import main
+from mtil.errors import MtilError
 from mtil.model.usage import UsageTracker
 
 from conftest import Interrupt, interrupt_at_row
@@ -199,3 +200,25 @@ def test_run_reads_config_only_demo_assets_resolve_before_it(tmp_path, monkeypat
     pretrain.resolve_demo_assets(demo)
     assert calls == [(tmp_path / "cache", demo.demo.seed)]
     assert (demo.data.root, demo.model.pretrained) == (str(tmp_path / "cache" / "data"), str(tmp_path / "cache" / "b.pt"))
+
+
+@pytest.mark.parametrize("shipped", ["mtil_order1.yaml", "mtil_order2_fewshot.yaml", "baselines/order1.yaml"])
+def test_a_shipped_config_runs_any_subset_with_each_tasks_published_lr(shipped):
+    """The shipped per-task lr tables name all 11 datasets; a subset (any order, aliases too) keeps each task's lr,
+    and a name that is no registered dataset is still refused."""
+    from mtil import methods
+    from mtil.config import load
+    cfg = load(shipped, ["data.order=[MNIST,Cars,Aircraft]"])
+    moe = methods.METHODS.get("moe").obj.from_config(cfg)
+    table = {k: v for k, v in cfg.train.lr_per_task.items()}
+    assert moe.lr_of("MNIST") == table["MNIST"] and moe.lr_of("Cars") == table["StanfordCars"]
+    with pytest.raises(MtilError, match="'train.lr_per_task' names Mnistt, neither in data.order nor a registered"):
+        load(shipped, ["data.order=[MNIST,EuroSAT]", "train.lr_per_task.Mnistt=1e-3"])
+
+
+def test_a_nan_resume_ignores_the_lr_keys_of_tasks_not_started_however_the_table_spells_them():
+    from mtil.engine.run import _lr_keys_of
+    rec = {"config": {"train": {"lr_per_task": {"Cars": 1e-3, "MNIST": 1e-4}},
+                      "method": {"finetune": {"lr_per_task": {"stanford-cars": 5e-5}}}}}
+    assert _lr_keys_of(["StanfordCars"], rec) == ["method.finetune.lr_per_task.stanford-cars",
+                                                  "train.lr_per_task.Cars"]
