@@ -56,11 +56,17 @@ def test_mtil_order1_runs_end_to_end_on_vit_b16(fake_order_i, tmp_path):
     record = results["provenance"]
     assert record["backbone"]["activation"] == "quick_gelu"
     assert record["config"]["data"]["max_classes"] == 2 and record["config"]["data"]["max_templates"] == 1
-    usage = np.load(tmp_path / "moe" / "usage.npz")
-    counts = [usage[k] for k in usage.files if usage[k].ndim == 4]
-    assert counts and counts[0].shape[0] == 11 and counts[0].shape[-1] == 22   # tasks x ... x experts
-    ckpt = torch.load(tmp_path / "moe" / "checkpoint.pt", map_location="cpu", weights_only=False)
-    assert "visual.conv1.weight" not in json.dumps(list(_keys(ckpt)))   # the frozen backbone is never saved
+    _check_experts_and_checkpoint(tmp_path / "moe")
+
+
+def _check_experts_and_checkpoint(run):
+    usage = np.load(run / "usage.npz")
+    for tower in ("image", "text"):
+        assert usage[f"{tower}_usage"].shape == (11, 12, 22)            # tasks x blocks x experts
+        frozen = usage[f"{tower}_frozen"]                               # cumulative, top-2 of each task
+        assert (np.diff(frozen, axis=0) >= 0).all() and (frozen[0] == 2).all() and (frozen[-1] <= 22).all()
+    state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert not any(k.endswith("visual.conv1.weight") for k in _keys(state))   # the frozen backbone is never saved
 
 
 @pytest.mark.slow
