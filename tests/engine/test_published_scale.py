@@ -22,7 +22,7 @@ ORDER_I = ["Aircraft", "Caltech101", "CIFAR100", "DTD", "EuroSAT", "Flowers102",
            "StanfordCars", "SUN397"]
 CAPS = ["model.pretrained=null", "model.activation=quick_gelu", "train.iterations=1", "train.batch_size=2",
         "train.final_step=false", "data.num_workers=0", "data.max_classes=2", "data.max_templates=1",
-        "data.max_eval_per_dataset=1", "output.plots=false"]
+        "data.max_eval_per_dataset=1", "output.plots=false", "threads=2"]   # threads: the 2 cores of CI
 
 
 @pytest.fixture(scope="module")
