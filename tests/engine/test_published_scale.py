@@ -25,6 +25,14 @@ CAPS = ["model.pretrained=null", "model.activation=quick_gelu", "train.iteration
         "data.max_eval_per_dataset=1", "output.plots=false", "threads=2"]   # threads: the 2 cores of CI
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """`threads=2` holds for the rest of a process; the other tests run on one thread (bit-repeatable)."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def fake_order_i(tmp_path_factory):
     """The 11 Order I datasets, prepared: every real class with a 16x16 training image, two test images."""
