@@ -118,4 +118,14 @@ class Trainer:
         if skipped[(task.name, "train")]:
             log.warning("%s: %d undecodable training images skipped (data.bad_images=skip)", task.name,
                         skipped[(task.name, "train")])
+        release(accelerator, prepared_optimizer)
         return ctx.global_step
+
+
+def release(accelerator, prepared_optimizer) -> None:
+    """Forget a task's optimizer in the Accelerator, which keeps every optimizer it prepared (`_optimizers`) for
+    the life of the run: without this, each finished task's optimizer state stayed in memory (full fine-tuning of
+    ViT-B/16: 1.2 GB of AdamW moments per task, 13 GB after Order I; the MoE adapters: 0.36 GB per task)."""
+    held = getattr(accelerator, "_optimizers", None)
+    if isinstance(held, list):
+        held[:] = [o for o in held if o is not prepared_optimizer]

@@ -207,3 +207,26 @@ def test_the_baselines_lr_table_may_name_registered_datasets_outside_the_order(m
     method = build_method(cfg)
     assert method.lr_of("Red") == 2e-4 and method.lr_of("Green") == 1e-3
     assert method.lr_key("Red") == "method.finetune.lr_per_task.Red"
+
+
+@pytest.mark.parametrize("method", ["finetune", "moe"])
+def test_a_finished_tasks_optimizer_is_released(method_root, tmp_path, method):
+    """accelerate keeps every optimizer it prepared; a task's optimizer (full fine-tuning of ViT-B/16: 1.2 GB of
+    AdamW moments) must not outlive its task, or memory grows by one optimizer per task."""
+    import gc
+    import weakref
+    seen = []
+    original = torch.optim.Optimizer.__init__
+
+    def remember(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append(weakref.ref(self))
+    run = run_in_process(method_root, tmp_path / method, f"method.name={method}", "policy.name=freeze")
+    try:
+        torch.optim.Optimizer.__init__ = remember
+        run.execute()
+    finally:
+        torch.optim.Optimizer.__init__ = original
+    gc.collect()
+    assert len(seen) >= 2 and len([r for r in seen if r() is not None]) <= 1   # at most the last task's
+    assert not run.accelerator._optimizers
