@@ -72,7 +72,7 @@ class _Entry:
     notes: str = ""
     sources: dict = field(default_factory=dict)  # source kind (torchvision, hf) -> how that source holds it
     builtin: bool = False
-    name_sets: dict[str, list[str]] = field(default_factory=dict)   # other NAME_SETS than the default, where they differ
+    name_sets: dict[str, list[str]] = field(default_factory=dict)   # non-default NAME_SETS, where they differ
 
 
 _lock = threading.RLock()

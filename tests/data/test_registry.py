@@ -86,7 +86,8 @@ REFERENCE = {
                      396: "youth hostel"}, 2, "a photo of a {}."),
 }
 # CLIP's prompts.md names where they differ from the reference (label: name), and how many differ.
-CLIP = {"MNIST": (10, {0: "0", 9: "9"}), "Flowers102": (3, {15: "globe flower", 59: "pink and yellow dahlia", 92: "air plant"}),
+CLIP = {"MNIST": (10, {0: "0", 9: "9"}),
+        "Flowers102": (3, {15: "globe flower", 59: "pink and yellow dahlia", 92: "air plant"}),
         "SUN397": (126, {8: "apartment building outdoor", 27: "bakery shop"}),
         "OxfordPet": (25, {0: "Abyssinian", 1: "american bulldog"})}
 

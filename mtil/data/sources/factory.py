@@ -12,7 +12,7 @@ from .archives import extract_archive, is_archive
 from .base import DEFAULT_SEED, DEFAULT_TRAIN_FRACTION, Plan
 from .folders import folder_plan
 from .hf import HF_REPOS, hf_plan
-from .torchvision import TORCHVISION, torchvision_plan, torchvision_root_of
+from .torchvision import LINK_ROOT, TORCHVISION, torchvision_plan, torchvision_root_of
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ def plan(name: str, data_root: str | os.PathLike, work_dir: Path, *, src: str | 
             tv_root = torchvision_root_of(canon, path, work_dir)
             if tv_root is not None:
                 log.info("%s: found torchvision's layout under %s", canon, tv_root)
-                return torchvision_plan(canon, tv_root, False, data_root, train_fraction, seed, file_order)
+                return _shown(torchvision_plan(canon, tv_root, False, data_root, train_fraction, seed, file_order),
+                              tv_root, work_dir)
         if file_order != "sorted":
             raise MtilError(f"--file-order {file_order} needs SUN397 in torchvision's layout or its official files "
                             f"(a folder holding ClassName.txt); '{path}' is read as image folders, in sorted order")
@@ -85,7 +86,16 @@ def plan(name: str, data_root: str | os.PathLike, work_dir: Path, *, src: str | 
                 raise MtilError(f"'{src}' does not hold {canon} in torchvision's layout "
                                 f"(no {TORCHVISION[canon].marker}) nor {TORCHVISION[canon].expected()}")
             root = found
-        return torchvision_plan(canon, root, True, data_root, train_fraction, seed, file_order)
+        return _shown(torchvision_plan(canon, root, True, data_root, train_fraction, seed, file_order), root,
+                      work_dir)
     if file_order != "sorted":
         raise MtilError(f"--file-order {file_order} applies to SUN397 read through torchvision, not --source hf")
     return hf_plan(canon or name, hf_repo, data_root, cache_dir, hf_config, train_fraction, seed)
+
+
+def _shown(plan_: Plan, root: Path, work_dir: Path) -> Plan:
+    """The plan, its description naming the user's folder where the torchvision root is a link made in `work_dir`."""
+    if root == work_dir / LINK_ROOT:
+        base = TORCHVISION[plan_.name].base
+        plan_.description = plan_.description.replace(str(root), f"the official files in {(root / base).resolve()}")
+    return plan_

@@ -54,6 +54,7 @@ def _specs() -> dict[str, TVSpec]:
 
 
 TORCHVISION = _specs()
+LINK_ROOT = "torchvision-root"   # under the work folder: official files linked into torchvision's nesting
 
 
 def torchvision_root_of(name: str, src: Path, work_dir: Path | None = None) -> Path | None:
@@ -72,7 +73,7 @@ def torchvision_root_of(name: str, src: Path, work_dir: Path | None = None) -> P
     for d in _candidates(src):
         have = [x for x in spec.inside if (d / x).exists()]
         if len(have) == len(spec.inside):
-            root = work_dir / "torchvision-root"
+            root = work_dir / LINK_ROOT
             link = root / spec.base
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.is_symlink():
