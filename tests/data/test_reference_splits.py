@@ -166,3 +166,20 @@ def test_data_class_names_chooses_the_name_set(tmp_path):
         cfg = config.load(None, [f"data.root={tmp_path}", f"data.class_names={name_set}"])
         task = pipeline.load_task(cfg.data, "MNIST", 0)
         assert task.classnames[0] == first and task.prompts(False)[0] == [f'a photo of the number: "{first}".']
+
+
+def test_hf_splits_with_their_own_label_names_map_by_name(tmp_path, monkeypatch):
+    import datasets
+    from PIL import Image
+
+    def split(names, labels):
+        feats = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=names)})
+        imgs = [Image.new("RGB", (4, 4), (i, 0, 0)) for i in range(len(labels))]
+        return datasets.Dataset.from_dict({"img": imgs, "fine_label": labels}, features=feats)
+    fake = datasets.DatasetDict({"train": split(["apple", "oak_tree", "whale"], [0, 1, 2]),
+                                 "test": split(["oak_tree", "whale"], [0, 1])})   # the test split lists 2 classes
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: fake)
+    plan = planned("CIFAR100", tmp_path, source="hf")
+    classes = registry.get("CIFAR100").classnames
+    assert [classes[y] for _, y in plan.splits["test"]] == ["oak tree", "whale"]
+    assert [classes[y] for _, y in plan.splits["train"]] == ["apple", "oak tree", "whale"]
