@@ -115,7 +115,7 @@ def _tv_dataset(name: str, spec: TVSpec, root: Path, download: bool, kwargs: dic
         if download and (isinstance(e, (OSError, ConnectionError)) or "URL" in msg or "urlopen" in msg):
             raise MtilError(f"downloading {name} with torchvision failed ({msg}); download it yourself and run "
                             f"`mtil prepare {name} --root ROOT --from DIR`") from None
-        if "download=True" in msg or "not found" in msg.lower():   # torchvision's hint names its own option
+        if "download=True" in msg:   # torchvision's "Dataset not found": its hint names its own option
             raise MtilError(f"torchvision finds no complete {name} under '{root}' ({msg.split('.')[0].strip()}); "
                             f"expected {spec.expected()}: pass that folder to `mtil prepare {name} --root ROOT "
                             "--from DIR`" + (f", or run `mtil prepare {name} --root ROOT` to download it"
@@ -176,11 +176,8 @@ class _LazyTV:
             yield img, int(y)
 
 
-def _remap(items, labels: dict[int, int] | None, name: str, split: str, n_source: int):
+def _remap(items, labels: dict[int, int], name: str, split: str, n_source: int):
     """Items with registry labels; a source label without a class name is one MtilError line."""
-    if labels is None:
-        return items
-
     def one(p, y):
         if y not in labels:
             raise MtilError(f"{name} split '{split}': label {y} lies outside the {n_source} classes its files list "
@@ -212,7 +209,6 @@ def torchvision_plan(name: str, root: Path, download: bool, data_root: str | os.
     for split, kwargs in parts.items():
         ds = _tv_dataset(canon, spec, root, download, kwargs)
         items, classes = _tv_items(ds, canon, file_order)
-        remap = None
         if classes:   # per split: torchvision builds DTD's and Food101's class lists from each split's files
             labels = matcher.map(list(classes.values()), f"torchvision {spec.cls} classes ({split})")
             remap = dict(zip(classes, labels))
