@@ -183,3 +183,23 @@ def test_hf_splits_with_their_own_label_names_map_by_name(tmp_path, monkeypatch)
     classes = registry.get("CIFAR100").classnames
     assert [classes[y] for _, y in plan.splits["test"]] == ["oak tree", "whale"]
     assert [classes[y] for _, y in plan.splits["train"]] == ["apple", "oak tree", "whale"]
+
+
+def test_flowers_official_files_in_any_folder_are_read_through_torchvision(tmp_path, monkeypatch):
+    from PIL import Image
+    from scipy.io import savemat
+    from torchvision.datasets import flowers102
+
+    monkeypatch.setattr(flowers102, "check_integrity", lambda *a: True)   # the fake .mat files lack the md5 sums
+
+    folder = tmp_path / "my-flowers"
+    (folder / "jpg").mkdir(parents=True)
+    for i in (1, 2, 3, 4, 5, 6):
+        Image.new("RGB", (9 + i, 8)).save(folder / "jpg" / f"image_{i:05d}.jpg")
+    savemat(folder / "imagelabels.mat", {"labels": np.array([[1, 5, 102, 60, 7, 8]])})
+    savemat(folder / "setid.mat", {"trnid": np.array([[1, 4]]), "valid": np.array([[5, 6]]),
+                                   "tstid": np.array([[2, 3]])})
+    plan = planned("Flowers102", tmp_path, src=folder)
+    assert "the official files in" in plan.description and "my-flowers" in plan.description
+    assert [y for _, y in plan.splits["train"]] == [0, 59]
+    assert [y for _, y in plan.splits["test"]] == [4, 101]     # 1-based labels of setid's tstid; valid unused
