@@ -647,7 +647,7 @@ def prepare_scales_16_bit_and_float_images(t, m):
 
     def check(out, err):
         from mtil.data import pipeline
-        ds = pipeline.load_task(config.wrap({"root": str(t.tmp / "prep"), "few_shot": None,
+        ds = pipeline.load_task(config.wrap({"root": str(t.tmp / "prep"), "few_shot": None, "class_names": None,
                                              "max_eval_per_dataset": None}), "Depth", 0).train
         pixels = {ds.features["label"].names[r["label"]]: np.asarray(pipeline.decode(r, "Depth", "train", i, "fail"))
                   for i, r in enumerate(ds)}

@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-fraction", type=float, default=0.8,
                         help="training share of a seeded split when the source has no test split (default 0.8)")
     parser.add_argument("--seed", type=int, default=42, help="seed of that split (default 42, as ZSCL)")
+    parser.add_argument("--file-order", choices=("sorted", "listing"), default="sorted",
+                        help="SUN397's file order before that split: sorted by path (default, the same on every "
+                             "machine) or listing, torchvision's (the file system's, as ZSCL ran it; docs/data.md)")
     parser.add_argument("--template", action="append", metavar="TEXT",
                         help="prompt template with {} for a new dataset (repeatable; the first trains)")
     parser.add_argument("--captions", metavar="FILE",
@@ -160,7 +163,7 @@ def execute(args) -> int:
         plan = sources.plan(args.name, args.root, st.work, src=args.src, source=args.source,
                             split_from=args.split_from, download_dir=args.download_dir, hf_repo=args.hf_repo,
                             hf_config=args.hf_config, cache_dir=args.cache_dir, index_base=args.index_base,
-                            train_fraction=args.train_fraction, seed=args.seed)
+                            train_fraction=args.train_fraction, seed=args.seed, file_order=args.file_order)
         for note in plan.notes:
             log.info("%s: %s", plan.name, note)
         result = prepared.write_items(st, plan.splits, plan.classnames, args.template, args.max_per_class,

@@ -100,10 +100,11 @@ def few_shot_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def load_task(data_cfg, name: str, seed: int) -> TaskData:
-    """Load one prepared dataset (train + test), checked against what mtil prepare recorded, and apply few-shot,
-    evaluation and smoke-test caps from the config (data.max_classes, data.max_templates: each a named key that the
-    run's config records, for runs of the real architecture on a CPU)."""
-    info = prepared.load_info(data_cfg.root, name)
+    """Load one prepared dataset (train + test), checked against what mtil prepare recorded, with the class names
+    of `data.class_names`, and apply few-shot, evaluation and smoke-test caps from the config (data.max_classes,
+    data.max_templates: each a named key that the run's config records, for runs of the real architecture on a
+    CPU)."""
+    info = prepared.load_info(data_cfg.root, name, data_cfg.class_names)
     train = _undecoded(prepared.load_split(data_cfg.root, name, "train"))
     test = _undecoded(prepared.load_split(data_cfg.root, name, "test"))
     prepared.check_consistent(data_cfg.root, name, info.classnames, {"train": train, "test": test})

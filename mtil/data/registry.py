@@ -1,8 +1,10 @@
 """The dataset registry: class names and prompt templates of the MTIL datasets (and any the user registers).
 
-The built-in entries are data, one JSON file per dataset in `mtil/data/catalog/` (CLIP's cleaned class names in
-each dataset's label order, the MTIL literature's templates with the training template first, the sources it
-is prepared from (`sources.torchvision`, `sources.hf`); every file says where its lists come from). A dataset's
+The built-in entries are data, one JSON file per dataset in `mtil/data/catalog/` (class names in each dataset's
+label order, the MTIL literature's templates with the training template first, the sources it is prepared from
+(`sources.torchvision`, `sources.hf`); every file says where its lists come from). A dataset has named sets of
+class names (NAME_SETS): `reference` (`classnames`, the default: what ZSCL's and MoE-Adapters' code prompts with)
+and `clip` (`classnames_clip` where it differs: CLIP's `prompts.md` names); `data.class_names` chooses. A dataset's
 facts live there only: `mtil.data.sources` reads its torchvision and hub tables from the catalog. Look-ups are
 case-insensitive and ignore punctuation, and aliases resolve (`Cars` -> `StanfordCars`, `Pets` -> `OxfordPet`,
 ...).
@@ -28,6 +30,10 @@ from ..errors import MtilError
 
 log = logging.getLogger(__name__)
 
+
+#: The named sets of class names of a built-in dataset (catalog keys `classnames`, `classnames_clip`); the first is
+#: the default.
+NAME_SETS = ("reference", "clip")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 #: What a dataset name must be (it names the folder of the prepared dataset).
@@ -66,6 +72,7 @@ class _Entry:
     notes: str = ""
     sources: dict = field(default_factory=dict)  # source kind (torchvision, hf) -> how that source holds it
     builtin: bool = False
+    name_sets: dict[str, list[str]] = field(default_factory=dict)   # non-default NAME_SETS, where they differ
 
 
 _lock = threading.RLock()
@@ -161,10 +168,16 @@ def _load_catalog() -> None:
             data = found[name]
             info = DatasetInfo(data["name"], list(data["classnames"]), list(data["templates"]))
             _check_info(info, f"catalog/{name}.json")
+            sets = {s: list(data[f"classnames_{s}"]) for s in NAME_SETS[1:] if f"classnames_{s}" in data}
+            for s, names_ in sets.items():
+                _check_info(DatasetInfo(info.name, names_, info.templates), f"catalog/{name}.json ({s} names)")
+                if len(names_) != len(info.classnames):
+                    raise MtilError(f"catalog/{name}.json: classnames_{s} has {len(names_)} names, classnames "
+                                    f"{len(info.classnames)}")
             _add(_Entry(info, tuple(data.get("aliases", ())), data.get("source_names"),
                         dict(data.get("class_aliases", {})), tuple(data.get("ignore_folders", ())),
                         dict(data.get("provenance", {})), data.get("notes", ""), dict(data.get("sources", {})),
-                        builtin=True), replace=False)
+                        builtin=True, name_sets=sets), replace=False)
         _loaded = True
 
 
@@ -190,15 +203,29 @@ def names() -> list[str]:
         return list(_entries)
 
 
-def get(name: str) -> DatasetInfo:
-    """The DatasetInfo of a registered dataset (a copy: changing it does not change the registry)."""
+def get(name: str, name_set: str | None = None) -> DatasetInfo:
+    """The DatasetInfo of a registered dataset (a copy: changing it does not change the registry), with the class
+    names of set `name_set` (one of NAME_SETS; None = the default, `reference`). A dataset without a separate list
+    for a set (every user-registered one, and the built-in ones whose names agree) gives its one list."""
     canon = resolve(name)
     if canon is None:
         raise MtilError(f"unknown dataset {name!r}; registered: {', '.join(names())} (register others with "
                         "mtil.data.registry.register, or prepare them from an image folder with `mtil prepare "
                         f"{name} --root ROOT --from DIR`)")
+    if name_set is not None and name_set not in NAME_SETS:
+        raise MtilError(f"class-name set {name_set!r} is not one of {', '.join(NAME_SETS)} (data.class_names)")
     with _lock:
-        return _copy(_entries[canon].info)
+        entry = _entries[canon]
+        info = _copy(entry.info)
+    if name_set in entry.name_sets:
+        info.classnames = list(entry.name_sets[name_set])
+    return info
+
+
+def name_sets(name: str) -> dict[str, list[str]]:
+    """Every named set of class names of a registered dataset, set -> names in label order (NAME_SETS; a set
+    without its own list repeats the default one)."""
+    return {s: get(name, s).classnames for s in NAME_SETS}
 
 
 def register(info: DatasetInfo, aliases: Iterable[str] = (), replace: bool = False) -> DatasetInfo:

@@ -328,9 +328,9 @@ DOMAINS: dict[str, Domain] = {d.name: d for d in [
            ('the letter "{}"', 'a {case} letter "{}"', 'letter "{}"', 'the character "{}"', 'a "{}" glyph',
             'a drawing of the letter "{}"', 'a {color} letter "{}"'),
            _letters),
-    # MNIST is a registered MTIL dataset: its class names and templates are the registry's (CLIP's), which is
-    # what mtil.data.prepared.load_info gives for it.
-    Domain("MNIST", tuple(registry.get("MNIST").classnames), tuple(registry.get("MNIST").templates),
+    # MNIST is a registered MTIL dataset: its class names and templates are the registry's, CLIP's name set (the
+    # demo configs set data.class_names: clip), which is what mtil.data.prepared.load_info gives for it.
+    Domain("MNIST", tuple(registry.get("MNIST", "clip").classnames), tuple(registry.get("MNIST").templates),
            ("a handwritten {}", 'the digit "{}"', 'the number: "{}"', "the number {} written by hand",
             "{} written in white chalk", "handwriting of the number {}", "a scanned digit {}", "a white {} on black"),
            _mnist_render),

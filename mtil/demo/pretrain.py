@@ -224,7 +224,7 @@ def zero_shot_report(data_root: str | os.PathLike, checkpoint_path: str | os.Pat
     tokenizer = open_clip.get_tokenizer(model_name)
     report = {}
     for name in names:
-        info = load_info(data_root, name)
+        info = load_info(data_root, name, "clip")   # the demo's name set (configs/demo.yaml)
         acc = zero_shot_accuracy(model, tokenizer, preprocess, load_split(data_root, name, split),
                                  info.classnames, info.templates)
         chance = 100.0 / len(info.classnames)

@@ -1,4 +1,7 @@
-"""Helpers of the data-layer tests: image folders on disk and `mtil` runs that must fail in one line."""
+"""Helpers of the data-layer tests: image folders on disk, fake copies of official releases, and `mtil` runs that
+must fail in one line."""
+import json
+
 from PIL import Image
 
 from mtil.cli import main
@@ -51,3 +54,70 @@ def planned(name, tmp_path, **kw):
 
 def planned_labels(plan, split):
     return [y for _, y in plan.splits[split]]
+
+
+# ----------------------------------------------------------------------------- fake copies of official releases
+def _image(path, colour, width=10):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (width, 8), colour).save(path, format="JPEG")
+
+
+def make_dtd(folder, classes=("banded", "blotchy", "braided"), per_split=2, drop_from_test=()):
+    """DTD's official layout (what dtd-r1.0.1.tar.gz holds under dtd/): folder/images/<class>/<class>_000i.jpg and
+    folder/labels/{train1,val1,test1}.txt listing `<class>/<file>` (per_split images of each class in each); a
+    class in `drop_from_test` has no test1.txt line. Image width = 10 + index in the class (a row's identity)."""
+    lines = {"train1": [], "val1": [], "test1": []}
+    for ci, c in enumerate(classes):
+        for k, split in enumerate(lines):
+            for j in range(per_split):
+                i = k * per_split + j
+                _image(folder / "images" / c / f"{c}_{i:04d}.jpg", (40 * ci % 256, 0, 0), 10 + i)
+                if not (split == "test1" and c in drop_from_test):
+                    lines[split].append(f"{c}/{c}_{i:04d}.jpg")
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    for split, rows in lines.items():
+        (folder / "labels" / f"{split}.txt").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def make_food101(folder, classes=("apple_pie", "baby_back_ribs", "baklava"), per_split=2, drop_from_test=()):
+    """Food-101's official layout (food-101.tar.gz: food-101/): folder/images/<class>/<id>.jpg and
+    folder/meta/{train,test}.json ({class: ["<class>/<id>", ...]}); a class in `drop_from_test` is absent from
+    test.json."""
+    meta = {"train": {}, "test": {}}
+    for ci, c in enumerate(classes):
+        for k, split in enumerate(meta):
+            ids = [f"{c}/{1000 * ci + k * per_split + j}" for j in range(per_split)]
+            for j, rel in enumerate(ids):
+                _image(folder / "images" / f"{rel}.jpg", (0, 40 * ci % 256, 0), 10 + k * per_split + j)
+            if not (split == "test" and c in drop_from_test):
+                meta[split][c] = ids
+    (folder / "meta").mkdir(parents=True, exist_ok=True)
+    for split, rows in meta.items():
+        (folder / "meta" / f"{split}.json").write_text(json.dumps(rows))
+    return folder
+
+
+def make_pets(folder, breeds=(("Abyssinian", 1), ("american_bulldog", 2), ("Bengal", 6)), per_split=2,
+              drop_from_test=()):
+    """The Oxford-IIIT Pet layout (images.tar.gz + annotations.tar.gz extracted side by side):
+    folder/images/<breed>_<n>.jpg, folder/annotations/{trainval,test}.txt with `<breed>_<n> <class id> 1 1`."""
+    rows = {"trainval": [], "test": []}
+    for breed, cid in breeds:
+        for k, split in enumerate(rows):
+            for j in range(per_split):
+                n = k * per_split + j + 1
+                _image(folder / "images" / f"{breed}_{n}.jpg", (0, 0, 7 * cid % 256), 10 + n)
+                if not (split == "test" and breed in drop_from_test):
+                    rows[split].append(f"{breed}_{n} {cid} 1 1")
+    (folder / "annotations").mkdir(parents=True, exist_ok=True)
+    for split, lines in rows.items():
+        (folder / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def rows_of(root, name, split):
+    """(image width, class name) of every row of a prepared split, sorted (the widths identify the images)."""
+    ds = load_split(root, name, split)
+    names = ds.features["label"].names
+    return sorted((row["image"].size[0], names[row["label"]]) for row in ds)

@@ -61,21 +61,59 @@ def test_case_insensitive_lookup_and_aliases(alias, canon):
     assert registry.get(alias).name == canon
 
 
-def test_clip_class_names_and_mtil_training_templates():
-    assert registry.get("MNIST").classnames == [str(i) for i in range(10)]
-    assert registry.get("Caltech101").classnames[:3] == ["off-center face", "centered face", "leopard"]
-    assert registry.get("EuroSAT").classnames[0] == "annual crop land"
-    assert "apartment building outdoor" in registry.get("SUN397").classnames
-    assert registry.get("StanfordCars").classnames[0] == "AM General Hummer SUV 2000"
-    assert registry.get("OxfordPet").classnames[:2] == ["Abyssinian", "american bulldog"]
-    assert registry.get("CIFAR100").classnames[1] == "aquarium fish"
-    assert registry.get("Food101").classnames[16:18] == ["cheese plate", "cheesecake"]
-    assert registry.get("StanfordCars").templates[0] == "a photo of a {}, a type of car."
-    assert registry.get("Food101").templates == ["a photo of a {}, a type of food."]
-    assert registry.get("Aircraft").templates[0] == "a photo of a {}, a type of aircraft."
-    assert registry.get("MNIST").templates == ['a photo of the number: "{}".']
-    assert len(registry.get("Caltech101").templates) == 34 and len(registry.get("CIFAR100").templates) == 18
-    assert registry.get("DTD").prompts()[0] == "a photo of a banded texture."
+# Per dataset: (number of classes, {label: reference name}, number of templates, first template). The reference is
+# ZSCL's / MoE-Adapters' mtil/src/datasets/collections.py: torchvision's `classes` through underline_to_space
+# ('_' -> ' ') for Aircraft, CIFAR100 (cifar10.py), DTD, Food101, MNIST, OxfordPet, StanfordCars and SUN397; its
+# own lists for Caltech101, EuroSAT and Flowers.
+REFERENCE = {
+    "Aircraft": (100, {0: "707-320", 72: "F-16A/B", 99: "Yak-42"}, 2, "a photo of a {}, a type of aircraft."),
+    "Caltech101": (101, {0: "off-center face", 1: "centered face", 29: "head of a  crocodile",
+                         83: "snoopy (cartoon beagle)"}, 34, "a photo of a {}."),
+    "CIFAR100": (100, {0: "apple", 1: "aquarium fish", 99: "worm"}, 18, "a photo of a {}."),
+    "DTD": (47, {0: "banded", 30: "polka-dotted", 46: "zigzagged"}, 8, "a photo of a {} texture."),
+    "EuroSAT": (10, {0: "annual crop land", 2: "brushland or shrubland", 9: "lake or sea"}, 3,
+                "a centered satellite photo of {}."),
+    "Flowers102": (102, {0: "pink primrose", 15: "globe-flower", 59: "pink-yellow dahlia", 92: "ball moss",
+                         101: "blackberry lily"}, 1, "a photo of a {}, a type of flower."),
+    "Food101": (101, {0: "apple pie", 16: "cheese plate", 17: "cheesecake", 100: "waffles"}, 1,
+                "a photo of a {}, a type of food."),
+    "MNIST": (10, {0: "0 - zero", 7: "7 - seven", 9: "9 - nine"}, 1, 'a photo of the number: "{}".'),
+    "OxfordPet": (37, {0: "Abyssinian", 1: "American Bulldog", 2: "American Pit Bull Terrier", 36: "Yorkshire Terrier"},
+                  1, "a photo of a {}, a type of pet."),
+    "StanfordCars": (196, {0: "AM General Hummer SUV 2000", 173: "Ram C/V Cargo Van Minivan 2012",
+                           195: "smart fortwo Convertible 2012"}, 9, "a photo of a {}, a type of car."),
+    "SUN397": (397, {0: "abbey", 8: "apartment building/outdoor", 9: "apse/indoor", 27: "bakery/shop",
+                     396: "youth hostel"}, 2, "a photo of a {}."),
+}
+# CLIP's prompts.md names where they differ from the reference (label: name), and how many differ.
+CLIP = {"MNIST": (10, {0: "0", 9: "9"}),
+        "Flowers102": (3, {15: "globe flower", 59: "pink and yellow dahlia", 92: "air plant"}),
+        "SUN397": (126, {8: "apartment building outdoor", 27: "bakery shop"}),
+        "OxfordPet": (25, {0: "Abyssinian", 1: "american bulldog"})}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_reference_class_names_and_templates_by_default(name):
+    count, some, n_templates, first = REFERENCE[name]
+    info = registry.get(name)
+    assert info.num_classes == count and registry.get(name, "reference").classnames == info.classnames
+    assert {i: info.classnames[i] for i in some} == some
+    assert len(info.templates) == n_templates and info.templates[0] == first
+    assert "collections.py" in registry.provenance(name)["classnames"]
+    clip = registry.get(name, "clip")
+    n_diff, clip_some = CLIP.get(name, (0, {}))
+    assert sum(a != b for a, b in zip(info.classnames, clip.classnames)) == n_diff
+    assert {i: clip.classnames[i] for i in clip_some} == clip_some
+    assert clip.templates == info.templates
+    assert ("classnames_clip" in registry.provenance(name)) == bool(n_diff)
+
+
+def test_name_set_is_checked_and_user_datasets_have_one_list(cleanup):
+    with pytest.raises(MtilError, match="'prompts' is not one of reference, clip"):
+        registry.get("MNIST", "prompts")
+    registry.register(DatasetInfo("MyDigits", ["a", "b"]))
+    cleanup.append("MyDigits")
+    assert registry.get("MyDigits", "clip").classnames == registry.get("MyDigits").classnames == ["a", "b"]
 
 
 def test_get_returns_a_copy():

@@ -63,7 +63,7 @@ def test_every_domain_has_the_prepared_format(stream):
         assert 5 <= len(dom.classnames) <= 10
         assert 1 <= len(dom.templates) <= 4 and all("{}" in t for t in dom.templates)
         assert json.loads((root / name / "templates.json").read_text()) == list(dom.templates)
-        info = load_info(root, name)                # what the rest of mtil reads
+        info = load_info(root, name, "clip")        # what the rest of mtil reads (demo.yaml: data.class_names clip)
         assert list(info.classnames) == list(dom.classnames) and list(info.templates) == list(dom.templates)
         for split, per_class in (("train", cfg.train_per_class), ("test", cfg.test_per_class)):
             ds = load_split(root, name, split)

@@ -13,9 +13,9 @@ from .layout import SPLITS, dataset_dir, recreate_hint
 
 
 def check_consistent(root: str | os.PathLike, name: str, classnames: Sequence[str], splits: Mapping) -> None:
-    """Every split's ClassLabel names the dataset's classes, all splits the same list in the same order, every
-    label lies in [0, classes), every class has at least one training image, and the row counts and class list are
-    those mtil prepare recorded; else one MtilError line naming the split and what is wrong."""
+    """Every split's ClassLabel names the dataset's classes (a registered dataset's in the registry's label order),
+    all splits the same list in the same order, every label lies in [0, classes), every class has at least one
+    training image, and the row counts and class list are those mtil prepare recorded; else one MtilError line naming the split and what is wrong."""
     import numpy as np
 
     path, n = dataset_dir(root, name), len(classnames)
@@ -27,6 +27,7 @@ def check_consistent(root: str | os.PathLike, name: str, classnames: Sequence[st
             raise MtilError(f"split '{split}' of '{path}' has {len(stored)} classes but the dataset has {n}; {fix}")
         if first is None:
             first = (split, stored)
+            _check_registry_order(name, stored, f"split '{split}' of '{path}'", fix)
         elif stored != first[1]:
             i = next(i for i, (a, b) in enumerate(zip(first[1], stored)) if a != b)
             raise MtilError(f"splits '{first[0]}' and '{split}' of '{path}' name the classes differently (label {i}: "
@@ -43,6 +44,23 @@ def check_consistent(root: str | os.PathLike, name: str, classnames: Sequence[st
                 raise MtilError(f"split 'train' of '{path}' has no images of {len(empty)} class(es) ({names}); "
                                 f"{fix}")
     fingerprint.check_against_record(root, name, splits)
+
+
+def _check_registry_order(name: str, stored: Sequence[str], where: str, fix: str) -> None:
+    """A registered dataset's stored class list names its classes in the registry's label order (any of its
+    name sets or source spellings), so that label i means the registry's class i; else one MtilError line."""
+    if registry.resolve(name) is None:
+        return
+    from ..sources.labels import LabelMatcher
+
+    matcher = LabelMatcher(name)
+    for i, c in enumerate(stored):
+        j = matcher.match(c)
+        if j != i:
+            what = f"{matcher.name}'s label {j} ({matcher.classnames[j]!r})" if j is not None else \
+                f"no {matcher.name} class"
+            raise MtilError(f"{where} calls label {i} {c!r}, which is {what}, where {matcher.name} has "
+                            f"{matcher.classnames[i]!r}: its labels do not match {matcher.name}'s class list; {fix}")
 
 
 def _check_features(feats, where: Path, fix: str) -> None:

@@ -129,10 +129,11 @@ def read_templates(path: Path) -> list[str] | None:
     return templates
 
 
-def load_info(root: str | os.PathLike, name: str) -> DatasetInfo:
+def load_info(root: str | os.PathLike, name: str, name_set: str | None = None) -> DatasetInfo:
     """Class names and templates of dataset `name`.
 
-    Registered datasets: the registry's lists (a prepared copy with another number of classes is an error).
+    Registered datasets: the registry's lists, class names of set `name_set` (`registry.NAME_SETS`, None = the
+    default; `data.class_names`); a prepared copy with another number of classes is an error.
     Others: class names from the prepared ClassLabel, templates from `ROOT/<Name>/templates.json`, else
     `["a photo of a {}."]`.
     """
@@ -140,7 +141,7 @@ def load_info(root: str | os.PathLike, name: str) -> DatasetInfo:
     canon = registry.resolve(name)
     path = dataset_dir(root, name)
     if canon is not None:
-        info = registry.get(canon)
+        info = registry.get(canon, name_set)
         if os.path.isdir(root):
             stored = _prepared_classnames(path, canon, root)
             if stored is not None and len(stored) != info.num_classes:

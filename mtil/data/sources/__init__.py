@@ -24,14 +24,14 @@ from .base import (
     Plan,
     seeded_split,
 )
-from .factory import SOURCES, default_source, plan
+from .factory import FILE_ORDERS, SOURCES, default_source, plan
 from .folders import IMAGE_EXTENSIONS, find_split_dirs, folder_plan, scan_folder
 from .hf import HF_LABEL_COLUMNS, HF_REPOS, hf_plan
 from .labels import LabelMatcher, clean_classname, norm
 from .network import network_available, no_network, offline_requested
 from .torchvision import TORCHVISION, TVSpec, torchvision_plan, torchvision_root_of
 
-__all__ = ["ARCHIVE_SUFFIXES", "DEFAULT_SEED", "DEFAULT_TRAIN_FRACTION", "HF_LABEL_COLUMNS", "HF_REPOS",
+__all__ = ["ARCHIVE_SUFFIXES", "DEFAULT_SEED", "DEFAULT_TRAIN_FRACTION", "FILE_ORDERS", "HF_LABEL_COLUMNS", "HF_REPOS",
            "IMAGE_EXTENSIONS", "SOURCES", "TEST_DIRS", "TORCHVISION", "TRAIN_DIRS", "LabelMatcher", "Plan",
            "TVSpec", "clean_classname", "default_source", "extract_archive", "find_split_dirs", "folder_plan",
            "hf_plan", "is_archive", "network_available", "no_network", "norm", "offline_requested", "plan",

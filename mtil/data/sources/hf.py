@@ -54,10 +54,10 @@ def _hf_columns(ds, canon: str | None) -> tuple[str, str]:
 class _HFItems:
     """Streams (undecoded image dict, label) pairs out of an HF split."""
 
-    def __init__(self, ds, image_col: str, label_col: str, remap: list[int] | None):
+    def __init__(self, ds, image_col: str, label_col: str, remap: list[int] | None, where: str):
         import datasets
         self.ds = ds.select_columns([image_col, label_col]).cast_column(image_col, datasets.Image(decode=False))
-        self.image_col, self.label_col, self.remap = image_col, label_col, remap
+        self.image_col, self.label_col, self.remap, self.where = image_col, label_col, remap, where
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -65,6 +65,9 @@ class _HFItems:
     def __iter__(self) -> Iterator[tuple[Any, int]]:
         for row in self.ds:
             y = int(row[self.label_col])
+            if self.remap is not None and not 0 <= y < len(self.remap):
+                raise MtilError(f"{self.where}: label {y} lies outside its {len(self.remap)} label names (a "
+                                "damaged copy); clear it from the Hugging Face cache and prepare again")
             yield row[self.image_col], (self.remap[y] if self.remap is not None else y)
 
 
@@ -96,23 +99,34 @@ def hf_plan(name: str, repo: str | None, data_root: str | os.PathLike, cache_dir
     if train is None:
         raise MtilError(f"'{repo}' has no train split (splits: {', '.join(dd)})")
     image_col, label_col = _hf_columns(dd[train], canon)
-    label_feat = dd[train].features[label_col]
-    source_names = list(getattr(label_feat, "names", []) or [])
+
+    def label_names(split: str) -> list[str]:
+        feat = dd[split].features.get(label_col)
+        return list(getattr(feat, "names", []) or [])
+
+    source_names = label_names(train)
     if canon is not None:
         matcher = LabelMatcher(canon)
         classnames = list(matcher.classnames)
-        if source_names:
-            remap = matcher.map(source_names, f"'{repo}' label names")
-        else:
+        if not source_names:
             log.warning("%s: '%s' has no label names; assuming the registry's label order", canon, repo)
-            remap = None
+
+        def remap_of(split):   # per split, by name: a split's label names need not be the training split's
+            names_ = label_names(split)
+            return matcher.map(names_, f"'{repo}' label names ({split})") if names_ else None
     else:
         if not source_names:
             raise MtilError(f"'{repo}' has no label names; a new dataset needs them (ClassLabel names)")
-        classnames, remap = [clean_classname(s) for s in source_names], None
-    splits = {"train": _HFItems(dd[train], image_col, label_col, remap)}
+        classnames = [clean_classname(s) for s in source_names]
+        if test is not None and label_names(test) != source_names:
+            raise MtilError(f"'{repo}': splits {train} and {test} name their labels differently; register the "
+                            "dataset (mtil.data.registry.register) so labels are mapped by name")
+
+        def remap_of(split):
+            return None
+    splits = {"train": _HFItems(dd[train], image_col, label_col, remap_of(train), f"'{repo}' split {train}")}
     if test is not None:
-        splits["test"] = _HFItems(dd[test], image_col, label_col, remap)
+        splits["test"] = _HFItems(dd[test], image_col, label_col, remap_of(test), f"'{repo}' split {test}")
     else:
         splits = _split_items(list(splits["train"]), train_fraction, seed)
     return Plan(canon or name, classnames, splits, f"Hugging Face {repo} ({train} + {test or 'seeded split'})")

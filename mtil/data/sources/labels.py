@@ -29,8 +29,9 @@ class LabelMatcher:
         self.keys: dict[str, int] = {}
         sources = registry.source_names(self.name) or []
         aliases = registry.class_aliases(self.name)
+        sets = list(registry.name_sets(self.name).values())
         for i, c in enumerate(info.classnames):
-            for form in [c, *(sources[i:i + 1]), *aliases.get(c, [])]:
+            for form in [c, *(s[i] for s in sets), *(sources[i:i + 1]), *aliases.get(c, [])]:
                 self.keys.setdefault(norm(form), i)
         self.ignored = {norm(x) for x in registry.ignore_folders(self.name)}
 
