@@ -12,7 +12,7 @@ expert slots are zeroed too (`zero_locked_grads`, also called before gradient cl
 counts in a gradient norm, as a Parameter without a gradient would not (the gradient of another task's router is
 exactly zero already: the forward reads only the current router's slice).
 
-`update="data-parallel"` (`train.update`) is the update of MoE-Adapters' released script, which wraps the model in
+`update="data-parallel"` (`train.update_mode`) is the update of MoE-Adapters' released script, which wraps the model in
 `torch.nn.DataParallel` over two GPUs: there the gradients of the replicas are summed into every parameter that
 requires one, so an expert no sample selected gets a zero gradient instead of None and torch's AdamW steps it (its
 moments decay, its step count grows, and it moves by the momentum of earlier steps). Every active, unfrozen expert
@@ -35,7 +35,7 @@ class SliceGuard:
     def __init__(self, model: AdaptedCLIP, optimizer: torch.optim.Optimizer, router: int,
                  update: str = "single-gpu"):
         if update not in UPDATES:
-            raise MtilError(f"train.update must be one of {', '.join(UPDATES)}, got {update!r}")
+            raise MtilError(f"train.update_mode must be one of {', '.join(UPDATES)}, got {update!r}")
         if not isinstance(optimizer, SlotAdamW):
             raise MtilError(f"SliceGuard needs the adapters' SlotAdamW, got {type(optimizer).__name__}")
         self.layers = model.layers

@@ -47,7 +47,7 @@ class MoE(Method):
                         num_routers=len(cfg.data.order) if m.router == "per_task" else 1)
         return cls(MethodFacts.from_config(cfg), policies.build(cfg), adapters=adapters, lr=cfg.train.lr,
                    lr_per_task=cfg.train.lr_per_task, balance_weight=m.balance_weight,
-                   router_snapshot_every=cfg.train.router_snapshot_every, update=cfg.train.update)
+                   router_snapshot_every=cfg.train.router_snapshot_every, update=cfg.train.update_mode)
 
     @property
     def events(self) -> list[dict]:

@@ -216,7 +216,7 @@ def test_a_run_trains_each_task_on_the_reference_schedule(tiny_args, tmp_path, m
 
 
 def test_data_parallel_update_matches_a_per_expert_adamw_with_zero_gradients():
-    """train.update=data-parallel: MoE-Adapters' script under DataParallel, where every trainable expert Parameter
+    """train.update_mode=data-parallel: MoE-Adapters' script under DataParallel, where every trainable expert Parameter
     gets a summed (zero) gradient, never None, so the reference's AdamW steps unselected experts by momentum."""
     layer = make_layer()
     layer.frozen[FROZEN] = True
