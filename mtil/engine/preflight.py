@@ -77,6 +77,7 @@ class Preflight:
     notes: list[str] = field(default_factory=list)
     costs: Costs | None = None
     memory: str = ""                # what peak_mb measures
+    clock: str = "wall"             # what the times are (CLOCKS)
 
     @property
     def ok(self) -> bool:
@@ -124,14 +125,15 @@ def check_datasets(cfg, transform=None, decode: int = 4) -> tuple[dict, list[str
             problems.append(f"{name}: cannot read the prepared dataset under {cfg.data.root} ({type(e).__name__}); "
                             f"prepare it again with {prepared.prepare_command(name, cfg.data.root, overwrite=True)}")
             continue
+        stored = list(task.train.features["label"].names)   # the class list the prepared files carry
         if registry.is_registered(name):
             expected = registry.get(name).classnames
-            if list(expected) != list(task.classnames):
-                first = next((i for i, (a, b) in enumerate(zip(expected, task.classnames)) if a != b),
-                             min(len(expected), len(task.classnames)))
-                seen = task.classnames[first] if first < len(task.classnames) else "(none)"
+            if list(expected) != stored:
+                first = next((i for i, (a, b) in enumerate(zip(expected, stored)) if a != b),
+                             min(len(expected), len(stored)))
+                seen = stored[first] if first < len(stored) else "(none)"
                 want = expected[first] if first < len(expected) else "(none)"
-                problems.append(f"{name}: its class list is not the registry's ({len(task.classnames)} classes, "
+                problems.append(f"{name}: its class list is not the registry's ({len(stored)} classes, "
                                 f"{len(expected)} expected; label {first} is {seen!r}, expected {want!r}); prepare "
                                 f"it again with {prepared.prepare_command(name, cfg.data.root, overwrite=True)}")
         if transform is not None:
@@ -156,12 +158,16 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}   # cpu: this process's CPU time (a shared machine)
+_clock = time.perf_counter
+
+
 def _timed(fn, device: torch.device) -> float:
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = _clock()
     fn()
     _sync(device)
-    return time.perf_counter() - t0
+    return _clock() - t0
 
 
 def measure(cfg, bb, method, adapted, accelerator, tasks: list, steps: int, eval_images: int,
@@ -177,7 +183,7 @@ def measure(cfg, bb, method, adapted, accelerator, tasks: list, steps: int, eval
     def stamped(ctx):
         after(ctx)
         _sync(device)
-        stamps.append(time.perf_counter())
+        stamps.append(_clock())
 
     method.after_step = stamped
     _reset_peak(device)
@@ -248,9 +254,17 @@ def project(cfg, plans: list[TaskPlan], costs: Costs, eval_mode: str, trains: bo
                         else costs.peak_mb)
 
 
-def preflight(cfg, steps: int = 3, eval_images: int = 32, prompts: int = 32, decode: int = 4) -> Preflight:
-    """Check everything a run of `cfg` needs and project its cost (see the module docstring); writes nothing."""
+def preflight(cfg, steps: int = 3, eval_images: int = 32, prompts: int = 32, decode: int = 4,
+              clock: str = "wall") -> Preflight:
+    """Check everything a run of `cfg` needs and project its cost (see the module docstring) in `clock` seconds
+    (wall, or this process's CPU time: what a one-thread run costs on a machine shared with other jobs); writes
+    nothing."""
+    global _clock
     from accelerate import Accelerator
+
+    if clock not in CLOCKS:
+        raise MtilError(f"the preflight's clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+    _clock = CLOCKS[clock]
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
@@ -281,7 +295,7 @@ def preflight(cfg, steps: int = 3, eval_images: int = 32, prompts: int = 32, dec
         t = found.get(name)
         plans.append(TaskPlan(name) if t is None else TaskPlan(
             name, len(t.train), len(t.test), len(t.classnames), len(t.templates)))
-    out = Preflight(str(device), cfg.model.name, weights, plans, problems, notes,
+    out = Preflight(str(device), cfg.model.name, weights, plans, problems, notes, clock=clock,
                     memory="CUDA allocator peak" if device.type == "cuda" else "process peak resident memory")
     try:
         method = methods.build(cfg)
