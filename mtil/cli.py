@@ -16,6 +16,7 @@ log = logging.getLogger("mtil")
 COMMANDS = {
     "run": ("run", "train and evaluate a task sequence from a YAML config"),
     "demo": ("demo", "run the whole pipeline offline on the embedded demo stream"),
+    "check": ("check", "preflight a config: data, model and device checked, time and memory projected, nothing written"),
     "report": ("report", "Transfer / Avg / Last tables of run directories beside published rows"),
     "compare": ("compare", "run a methods (x policies) x seeds grid and write one table and one figure"),
     "plot": ("plot", "write the figures of a run directory"),
@@ -24,7 +25,7 @@ COMMANDS = {
     "bench": ("bench", "speed and memory ratios measured in one run"),
     "rl": ("rl", "DynamicMoE in RL: PPO with MoE-SimBa blocks (needs the [rl] extra); --compare for the study"),
 }
-TAKES_OVERRIDES = {"run", "demo", "compare", "plasticity", "rl"}
+TAKES_OVERRIDES = {"run", "check", "demo", "compare", "plasticity", "rl"}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:

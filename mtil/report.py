@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from . import metrics, provenance, rundir
+from . import metrics, protocol, provenance, rundir
 from .config import flatten
 from .errors import MtilError
 from .rundir.layout import RunDir
@@ -46,6 +46,9 @@ COSTS = ("trainable", "train_seconds")                        # per run: mean ov
 HEADERS = {"transfer": "Transfer", "avg": "Avg", "last": "Last", "bwt": "BWT", "forgetting": "Forgetting",
            "trainable": "Trainable", "train_seconds": "Train time"}
 PER_DATASET = ("transfer", "avg", "last")
+PROTOCOL = ("order", "task_identity", "shots", "backbone", "activation", "settings")   # columns beside each row
+PROTOCOL_HEADERS = {"order": "Order", "task_identity": "Task identity", "shots": "Shots", "backbone": "Backbone",
+                    "activation": "Activation", "settings": "Settings"}
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Group:
     runs: list[dict] = field(default_factory=list)      # results.json contents, metrics recomputed from the matrix
     dirs: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)      # runs grouped without a provenance record, and how
+    protocol: dict = field(default_factory=dict)        # mtil.protocol of its runs (they agree on protocol.key)
 
     def values(self, key: str, dataset: str | None = None) -> np.ndarray:
         if dataset is None:
@@ -185,9 +189,9 @@ def group_runs(paths: list[str | Path]) -> list[Group]:
     for d, stored in found.items():
         results = recomputed(stored)
         key, flat, label, note = _grouping(d, stored)
-        key += json.dumps(results["tasks"])
+        key += json.dumps(results["tasks"]) + _protocol_key(stored)
         if key not in groups:
-            groups[key], seeds[key] = Group(label, results["tasks"], flat), {}
+            groups[key], seeds[key] = Group(label, results["tasks"], flat, protocol=protocol.of_results(stored)), {}
         seed = _seed(stored, d)
         if seed is not None and seed in seeds[key]:
             note = f"{d} repeats seed {seed} of {seeds[key][seed]} with the same config, backbone and data: left out"
@@ -201,6 +205,25 @@ def group_runs(paths: list[str | Path]) -> list[Group]:
     out = list(groups.values())
     _unique_labels(out)
     return out
+
+
+def _protocol_key(stored: dict) -> str:
+    """What two runs must share to be averaged besides their config: their protocol (mtil.protocol.key), e.g. the
+    backbone's activation, which the config does not decide (it depends on the open_clip version)."""
+    return json.dumps(protocol.key(protocol.of_results(stored)), sort_keys=True, default=str)
+
+
+def _protocol_cells(prot: dict, missing: str = "?") -> dict:
+    """A row's protocol columns as text (`missing` where a run does not record it, '-' where a paper states none)."""
+    return {k: missing if prot.get(k) is None else str(prot[k]) for k in PROTOCOL}
+
+
+def _published_beside(names, groups: list[Group]) -> dict[str, list[int]]:
+    """{published row name: indices of the groups of its protocol} (references.yaml `protocols`; a row without a
+    stated protocol matches every group). A row whose protocol no group shares is left out of the table."""
+    stated = _references().get("protocols", {})
+    return {name: [i for i, g in enumerate(groups) if protocol.matches(stated.get(name, {}), g.protocol)]
+            for name in names}
 
 
 def _references() -> dict:
@@ -247,18 +270,25 @@ def streams(groups: list[Group]) -> list[list[Group]]:
 
 
 def table(groups: list[Group]) -> list[dict]:
-    """Rows of the main table of one stream: published references (each right above the group reproducing it, the
-    others first), then each group (with its number of seeds)."""
+    """Rows of the main table of one stream: published references of the groups' protocols (each right above the
+    group reproducing it with its protocol, the others first), then each group (with its number of seeds); every
+    row with its protocol columns."""
     order, refs = references(groups[0].tasks)
     reproduces = _references().get("methods", {})
+    stated = _references().get("protocols", {})
+    beside = _published_beside(refs, groups)
     published = {name: {"method": f"{name} (published, ViT-B/16, {order})", "seeds": None, "tasks": groups[0].tasks,
-                        **{m: "" for m in (*METRICS, *COSTS)}, **{m: v for m, v in zip(METRICS, vals)}}
-                 for name, vals in refs.items()}
-    reproduced = {method_key(g.config) for g in groups}
-    rows = [published.pop(name) for name in list(published) if reproduces.get(name) not in reproduced]
-    for g in groups:
-        rows += [published.pop(name) for name in list(published) if reproduces.get(name) == method_key(g.config)]
-        row = {"method": g.label, "seeds": len(g.runs), "tasks": g.tasks}
+                        **{m: "" for m in (*METRICS, *COSTS)}, **{m: v for m, v in zip(METRICS, vals)},
+                        **_protocol_cells({**stated.get(name, {}), "order": protocol.ORDERS.get(order, order),
+                                           "settings": "published"}, missing="-")}
+                 for name, vals in refs.items() if beside[name]}
+    reproduced = {name for name in published
+                  if any(reproduces.get(name) == method_key(groups[i].config) for i in beside[name])}
+    rows = [published.pop(name) for name in list(published) if name not in reproduced]
+    for i, g in enumerate(groups):
+        rows += [published.pop(name) for name in list(published)
+                 if reproduces.get(name) == method_key(g.config) and i in beside[name]]
+        row = {"method": g.label, "seeds": len(g.runs), "tasks": g.tasks, **_protocol_cells(g.protocol)}
         for m in (*METRICS, *COSTS):
             v = g.values(m)
             row[m] = {"trainable": fmt_count, "train_seconds": fmt_seconds}.get(m, fmt)(v)
@@ -283,7 +313,7 @@ def per_dataset(groups: list[Group]) -> list[dict]:
 def _csv(parts: list[tuple[list[dict], list[dict]]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["method", "seeds", *(c for m in (*METRICS, *COSTS) for c in (m, f"{m}_std"))])
+    writer.writerow(["method", "seeds", *(c for m in (*METRICS, *COSTS) for c in (m, f"{m}_std")), *PROTOCOL])
     for main, _ in parts:
         for r in main:
             if r["seeds"] is None:
@@ -291,7 +321,7 @@ def _csv(parts: list[tuple[list[dict], list[dict]]]) -> str:
             else:
                 cells = [c for m in (*METRICS, *COSTS) for c in (r[f"{m}_mean"], r[f"{m}_std"])]
                 cells = ["" if c is None else round(c, 4) for c in cells]
-            writer.writerow([r["method"], r["seeds"] or "", *cells])
+            writer.writerow([r["method"], r["seeds"] or "", *cells, *(r[k] for k in PROTOCOL)])
     for main, datasets in parts:
         tasks = main[-1]["tasks"]
         writer.writerow([])
@@ -331,11 +361,13 @@ def render(paths: list[str | Path], fmt_name: str = "md") -> str:
         tasks = main[-1]["tasks"]
         if len(parts) > 1:
             lines += [f"stream: {', '.join(tasks)}", ""]
-        lines += ["| method | seeds | " + " | ".join(HEADERS[m] for m in (*METRICS, *COSTS)) + " |",
-                  "|---|---|" + "---|" * len(METRICS) + "---:|" * len(COSTS)]
+        lines += ["| method | seeds | " + " | ".join(HEADERS[m] for m in (*METRICS, *COSTS)) + " | "
+                  + " | ".join(PROTOCOL_HEADERS[k] for k in PROTOCOL) + " |",
+                  "|---|---|" + "---|" * len(METRICS) + "---:|" * len(COSTS) + "---|" * len(PROTOCOL)]
         for r in main:
             lines.append(f"| {r['method']} | {r['seeds'] or ''} | "
-                         + " | ".join(str(r[m]) for m in (*METRICS, *COSTS)) + " |")
+                         + " | ".join(str(r[m]) for m in (*METRICS, *COSTS)) + " | "
+                         + " | ".join(r[k] for k in PROTOCOL) + " |")
         lines += ["", "| method | metric | " + " | ".join(tasks) + " | Average |", "|---|---|" + "---|" * (len(tasks) + 1)]
         for r in datasets:
             lines.append(f"| {r['method']} | {HEADERS[r['metric']]} | "

@@ -37,6 +37,7 @@ class Settings:
     eval_batch: int = 128
     eval_rounds: int | None = 5     # None: rounds (an evaluation round is long: fewer of them)
     optimizer_model: str = "ViT-B-16"   # the adapter parameter set of the optimizer section (config only, no backbone)
+    optimizer_config: str | None = "mtil_order1"   # its experts, width, top-k, routers (None: the settings')
     seed: int = 0
     extra: dict = field(default_factory=dict)
 

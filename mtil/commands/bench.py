@@ -91,13 +91,22 @@ def render(r: dict) -> list[str]:
                       f"{_f(row.get('peak_delta_mb'), 1)}" for row in rows]
     if "optimizer" in r:
         o = r["optimizer"]
-        lines += ["", f"optimizer step on the {o['model']} adapter set ({o['tensors']} tensors, {o['values'] / 1e6:.1f}M "
-                  f"values, {o['experts_stepped']}/{o['expert_slots']} expert slots stepped), median s",
-                  f"  SlotAdamW (slot masks)         {o['slot_s']:.4f}",
-                  f"  torch AdamW(foreach=True)      {o['torch_foreach_s']:.4f}"
+        lines += ["", f"optimizer step on the {o['model']} adapter set trained by one task"
+                  + (f" of {o['config']}" if o.get("config") else "")
+                  + f" ({o['tensors']} tensors, {o['values'] / 1e6:.1f}M values: {o['experts']} experts of width "
+                  f"{o['hidden'] or 'd/12'}, the current of {o['routers']} routers; {o['experts_stepped']}/"
+                  f"{o['expert_slots']} expert slots selected, the others a zero gradient), same gradients for both",
+                  "                                 median s   state MiB   allocated per step MiB",
+                  f"  SlotAdamW (slot masks)         {o['slot_s']:.4f}   {o['slot_state_mb']:9.1f}   "
+                  f"{o['slot_step_alloc_mb']:9.1f}",
+                  f"  torch AdamW(foreach=True)      {o['torch_foreach_s']:.4f}   {o['torch_state_mb']:9.1f}   "
+                  f"{o['torch_step_alloc_mb']:9.1f}"
                   + (f"\n  torch AdamW(fused=True)        {o['torch_fused_s']:.4f}" if "torch_fused_s" in o else ""),
                   f"  SlotAdamW / torch foreach      {o['slot_over_torch']:.3f}   IQR {_iqr(o.get('slot_over_torch_iqr'))}"
-                  "   (target <= 1.2)"]
+                  "   (target <= 1.2; SlotAdamW's state includes its kept denominator buffer, torch allocates its "
+                  "denominator every step)",
+                  f"  torch's fresh denominator      {o['allocation_s']:.4f}   (its allocation and first touch); "
+                  f"without it SlotAdamW / torch {o['slot_over_torch_without_allocation']:.3f}"]
     if "finetune" in r:
         ft = r["finetune"]
         lines += ["", f"full fine-tuning ({ft['trainable_finetune'] / 1e6:.2f}M trainable) vs the MoE method: median s "

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .. import config, methods, metrics, provenance, rundir
+from .. import config, methods, metrics, protocol, provenance, rundir
 from ..config import Config
 from ..data import pipeline
 from ..errors import MtilError, NonFiniteLoss
@@ -136,6 +136,8 @@ class Run:
         self.provenance = provenance.record(cfg, {n: t.fingerprint for n, t in zip(cfg.data.order, self.tasks)})
         self.method = methods.build(cfg)
         self.eval_mode = self.method.eval_mode(cfg.eval.mode)
+        self.activation = ((self.provenance.get("backbone") or {}).get("activation")
+                           or protocol.activation_of(self.backbone.model))
         if self.eval_mode == "selector":
             check_sizes(cfg.selector, {t.name: min(len(t.train), cfg.selector.max_fit_samples) for t in self.tasks},
                         getattr(self.backbone.model.visual, "output_dim", None))
@@ -197,7 +199,10 @@ class Run:
                "selector": ({"method": self.cfg.selector.method, "mode": self.cfg.selector.mode}
                             if self.eval_mode == "selector" else None),
                "params": self.params, "train_seconds": self.train_seconds, "versions": versions(),
-               "provenance": self.provenance}
+               "provenance": self.provenance,
+               "protocol": protocol.record(self.cfg, self.eval_mode, self.names,
+                                           self.params[-1].get("trainable") if self.params else None,
+                                           self.activation)}
         if complete:
             summary = metrics.summarize(self.rows, self.names)
             out.update(summary)

@@ -40,6 +40,7 @@ class TrainSettings:
     min_lr: float
     schedule: str
     final_step: bool
+    update_mode: str          # read by the MoE method's SliceGuard (train.update_mode)
     label_smoothing: float
     grad_clip: float | None
     checkpoint_every: int

@@ -27,12 +27,13 @@ class MoE(Method):
     lr_table = "train.lr_per_task"
 
     def __init__(self, facts: MethodFacts, policy: Policy, *, adapters: dict, lr: float, lr_per_task: dict,
-                 balance_weight: float, router_snapshot_every: int):
+                 balance_weight: float, router_snapshot_every: int, update: str = "single-gpu"):
         super().__init__(facts)
         self.policy = policy
         self.adapter_args = {**adapters, **policy.adapter_overrides()}
         self.lr, self.lr_per_task = lr, dict(lr_per_task)
         self.balance_weight, self.router_snapshot_every = balance_weight, router_snapshot_every
+        self.update = update
         self.tracker: UsageTracker | None = None
         self.guard: SliceGuard | None = None
         self.router = 0
@@ -46,7 +47,7 @@ class MoE(Method):
                         num_routers=len(cfg.data.order) if m.router == "per_task" else 1)
         return cls(MethodFacts.from_config(cfg), policies.build(cfg), adapters=adapters, lr=cfg.train.lr,
                    lr_per_task=cfg.train.lr_per_task, balance_weight=m.balance_weight,
-                   router_snapshot_every=cfg.train.router_snapshot_every)
+                   router_snapshot_every=cfg.train.router_snapshot_every, update=cfg.train.update_mode)
 
     @property
     def events(self) -> list[dict]:
@@ -67,7 +68,7 @@ class MoE(Method):
 
     def begin_task(self, ctx: TrainContext, optimizer) -> None:
         self.router = self.policy.router_of(ctx)
-        self.guard = SliceGuard(self.model, optimizer, self.router)
+        self.guard = SliceGuard(self.model, optimizer, self.router, self.update)
         ctx.on_slot_change = functools.partial(optim.reset_state, optimizer)
         if ctx.step == 0:
             self.tracker.new_window()

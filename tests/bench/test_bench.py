@@ -12,7 +12,8 @@ from mtil.model import moe
 
 TINY = dict(model="tiny", batch=4, classes=3, experts=6, top_k=2, hidden=8, routers=3, rounds=1, steps=1, warmup=1,
             expert_grid=(2, 6), topk_grid=(1, 2), dispatch_batch=4, eval_tasks=2, eval_classes=3,
-            eval_templates=2, eval_test=8, eval_train=8, eval_batch=8, eval_rounds=1, optimizer_model="tiny")
+            eval_templates=2, eval_test=8, eval_train=8, eval_batch=8, eval_rounds=1, optimizer_model="tiny",
+            optimizer_config=None)
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,9 @@ def test_every_section_reports_positive_ratios(result):
     o = result["optimizer"]
     assert o["model"] == "mtil-tiny" and o["tensors"] == 6 * 6 and o["slot_over_torch"] > 0
     assert 0 < o["experts_stepped"] <= o["expert_slots"] == 6 * 6
+    # torch keeps two moments of the trained set; SlotAdamW also its kept denominator buffer; torch allocates one
+    assert o["torch_state_mb"] >= 2 * o["params_mb"] and o["slot_state_mb"] > o["torch_state_mb"]
+    assert o["torch_step_alloc_mb"] > 0
     assert set(result["targets"]) == set(bench.TARGETS)
     assert result["settings"]["model"] == "mtil-tiny" and result["machine"]["torch_threads"] >= 1
     json.dumps(result)  # JSON-able as it is

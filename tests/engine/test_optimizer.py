@@ -213,3 +213,65 @@ def test_a_run_trains_each_task_on_the_reference_schedule(tiny_args, tmp_path, m
         assert all(moved for _, moved in steps[:6])
         if final_step:
             assert steps[6] == (0.0, False)                 # lr 0: no weight changes
+
+
+def test_data_parallel_update_matches_a_per_expert_adamw_with_zero_gradients():
+    """train.update_mode=data-parallel: MoE-Adapters' script under DataParallel, where every trainable expert Parameter
+    gets a summed (zero) gradient, never None, so the reference's AdamW steps unselected experts by momentum."""
+    layer = make_layer()
+    layer.frozen[FROZEN] = True
+    ref = ReferenceMoE(layer)
+    for p in ref.expert_params(FROZEN):
+        p.requires_grad_(False)
+    ref_opt = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    opt = optim.build_optimizer(SimpleNamespace(layers=[layer]), 1e-2, 0.1)
+    guard = SliceGuard(SimpleNamespace(layers=[layer]), opt, TRAINED_ROUTER, update="data-parallel")
+    single = make_layer()   # the single-GPU update on the same stream, to show the two really differ
+    single.frozen[FROZEN] = True
+    single_opt = optim.build_optimizer(SimpleNamespace(layers=[single]), 1e-2, 0.1)
+    single_guard = SliceGuard(SimpleNamespace(layers=[single]), single_opt, TRAINED_ROUTER)
+    for m in (layer, single):
+        m.routing.route = TRAINED_ROUTER
+        m.train()
+    g = torch.Generator().manual_seed(11)
+    moved_unselected = 0
+    for step in range(200):
+        x, target = torch.randn(3, 4, D, generator=g), torch.randn(3, 4, D, generator=g)
+        torch.manual_seed(1000 + step)
+        out = layer(x)
+        torch.manual_seed(1000 + step)
+        ref_out, gates = ref(x, TRAINED_ROUTER)
+        torch.manual_seed(1000 + step)
+        single_out = single(x)
+        idle = [e for e in range(E) if not gates.gt(0).any(0)[e] and e != FROZEN]
+        before = {e: layer.w_down.detach()[e].clone() for e in idle}
+        for o, y in ((opt, out), (ref_opt, ref_out), (single_opt, single_out)):
+            o.zero_grad(set_to_none=True)
+            F.mse_loss(y, target).backward()
+        for e in range(E):                                  # DataParallel's reduce: zeros, not None
+            for p in ref.expert_params(e):
+                if p.requires_grad and p.grad is None:
+                    p.grad = torch.zeros_like(p)
+        for o in (opt, ref_opt, single_opt):
+            o.step()
+        moved_unselected += sum(not torch.equal(layer.w_down.detach()[e], before[e]) for e in idle)
+    assert moved_unselected > 50                            # unselected experts really moved by momentum
+    worst = 0.0
+    for e in range(E):
+        tensors, count = slot_views(layer, opt, e)
+        for p, views in zip(ref.expert_params(e), tensors):
+            worst = max(worst, float((views[0] - p.detach()).abs().max()))
+            if e == FROZEN:
+                assert ref_opt.state.get(p) is None and count == 0
+                continue
+            torch.testing.assert_close(views[1], ref_opt.state[p]["exp_avg"], atol=1e-6, rtol=0)
+            torch.testing.assert_close(views[2], ref_opt.state[p]["exp_avg_sq"], atol=1e-6, rtol=0)
+            assert count == float(ref_opt.state[p]["step"]) == 200
+    for r in range(R):
+        worst = max(worst, float((layer.router.detach()[r] - ref.routers[r].detach()).abs().max()))
+    print(f"data-parallel update vs per-expert AdamW with zero gradients: max |difference| {worst:.2e}")
+    assert worst < 1e-5
+    gap = max(float((a - b).abs().max()) for a, b in zip(layer.expert_tensors(), single.expert_tensors()))
+    assert gap > 1e-3                                       # the two updates are not the same computation
+    guard.remove()
+    single_guard.remove()

@@ -201,7 +201,7 @@ def test_published_rows_sit_right_above_their_reproductions_with_costs(tmp_path,
     params = [{"task": t, "trainable": 149_620_737} for t in order1]
     fake_run(tmp_path / "finetune-seed0", [row] * 11, order1, "method.name=finetune", params=params,
              train_seconds=[600.0] * 11)
-    fake_run(tmp_path / "freeze-seed0", [row] * 11, order1, "policy.name=freeze",
+    fake_run(tmp_path / "freeze-seed0", [row] * 11, order1, "policy.name=freeze", "selector.mode=batch",
              params=[{"task": t, "trainable": 1000 * (i + 1)} for i, t in enumerate(order1)])
     lines = [line for line in report_out(capsys, tmp_path).splitlines() if line.startswith("| ")][:11]
     names = [line.split(" | ")[0][2:] for line in lines]
@@ -210,5 +210,38 @@ def test_published_rows_sit_right_above_their_reproductions_with_costs(tmp_path,
     assert names.index("freeze") == names.index("MoE-Adapters (published, ViT-B/16, order1)") + 1
     assert names.index("ZSCL (published, ViT-B/16, order1)") < names.index("finetune")
     assert "| Trainable | Train time |" in lines[0]
-    assert lines[names.index("finetune")].endswith("| 149.62M | 110.0 min |")
-    assert lines[names.index("freeze")].endswith("| 6.0k | - |")
+    assert ("| 149.62M | 110.0 min | Order I | none (one model) | full | ViT-B-16 (openai) | ? | changed from "
+            "baselines/order1: method.finetune.lr_per_task") in lines[names.index("finetune")]   # base.yaml's lr
+    assert "| 6.0k | - | Order I | selector per batch | full |" in lines[names.index("freeze")]
+
+
+def test_protocol_columns_split_groups_and_choose_the_published_rows(tmp_path, capsys):
+    """issue 34: runs differing only in selector.mode are two groups; the MoE-Adapters row (a selector per test
+    batch) sits only beside the per-batch run; the fine-tuning family's rows (one model, no task identity) appear
+    only beside such a run; an iCaRL run's settings are marked guessed; a changed hyper-parameter is named."""
+    acc = yaml.safe_load((Path(__file__).parents[2] / "mtil" / "references.yaml").read_text())
+    order1 = acc["order1"]["tasks"]
+    row = [acc["zero_shot_accuracy"][t] for t in order1]
+    fake_run(tmp_path / "sample", [row] * 11, order1, "policy.name=freeze")
+    fake_run(tmp_path / "batch", [row] * 11, order1, "policy.name=freeze", "selector.mode=batch", "seed=1")
+    fake_run(tmp_path / "oracle-lr", [row] * 11, order1, "policy.name=freeze", "eval.mode=oracle", "train.lr=0.5")
+    out = report_out(capsys, tmp_path)
+    lines = [line for line in out.split("\n\n")[0].splitlines() if line.startswith("| ")]
+    names = [line.split(" | ")[0][2:] for line in lines]
+    assert "| Order | Task identity | Shots | Backbone | Activation | Settings |" in lines[0]
+    groups = [n for n in names[1:] if "published" not in n]
+    assert len(groups) == 3                                 # sample and batch are not averaged together
+    sample = next(line for line in lines if "selector per sample" in line and "published" not in line)
+    batch = next(line for line in lines if "selector per batch" in line and "published" not in line)
+    assert names.index(batch.split(" | ")[0][2:]) == names.index("MoE-Adapters (published, ViT-B/16, order1)") + 1
+    assert names.count("MoE-Adapters (published, ViT-B/16, order1)") == 1
+    assert "changed from mtil_order1: train.lr_per_task" in sample   # base.yaml's lr, not the shipped table
+    assert not any(n.startswith(("ZSCL", "LwF", "iCaRL")) for n in names)   # no one-model run in the report
+    assert "Zero-shot CLIP (published, ViT-B/16, order1)" in names       # its protocol states no task identity
+    oracle = next(line for line in lines if "| oracle |" in line)
+    assert "changed from mtil_order1: train.lr, train.lr_per_task" in oracle
+    fake_run(tmp_path / "icarl", [row] * 11, order1, "method.name=icarl")
+    out = report_out(capsys, tmp_path / "icarl")
+    icarl = next(line for line in out.splitlines() if line.startswith("| icarl |"))
+    assert "| none (one model) |" in icarl and "guessed: iCaRL's settings are not in ZSCL's scripts" in icarl
+    assert "iCaRL (published, ViT-B/16, order1)" in out and "MoE-Adapters (published" not in out
