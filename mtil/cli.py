@@ -44,12 +44,48 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     return parser, modules
 
 
+class OwnLines(logging.Filter):
+    """The quiet console: mtil's own INFO and above, other libraries' lines only from ERROR up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or record.name == "mtil" or record.name.startswith("mtil.")
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to whatever sys.stderr is when a line is logged (a captured one included)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def configure_logging(verbose: bool) -> None:
+    """Log lines to stderr. Quiet by default (`OwnLines`; Python warnings become log lines, so only errors of other
+    libraries show, and the datasets library draws no progress bars); `--verbose`: every library's lines from DEBUG."""
+    logging.captureWarnings(True)
+    if not verbose:
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S"))
+    if not verbose:
+        handler.addFilter(OwnLines())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_mtil", False)]:   # main() called again in one process
+        root.removeHandler(old)
+    handler._mtil = True
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser, modules = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging(args.verbose)
     if args.command is None:
         parser.print_help()
         return 2
