@@ -19,6 +19,7 @@ COMMANDS = {
     "report": ("report", "Transfer / Avg / Last tables of run directories beside published rows"),
     "compare": ("compare", "run a methods (x policies) x seeds grid and write one table and one figure"),
     "plot": ("plot", "write the figures of a run directory"),
+    "status": ("status", "how far a run directory is (running or interrupted) and its partial matrix"),
     "prepare": ("prepare", "convert a dataset into mtil's prepared on-disk format"),
     "plasticity": ("plasticity", "the DynamicMoE plasticity study (chunked continual stream)"),
     "bench": ("bench", "speed and memory ratios measured in one run"),

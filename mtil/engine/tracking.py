@@ -7,7 +7,7 @@ package does not import is skipped with one warning line that says why, and the 
   * at every `train.log_every` step: `train/loss`, `train/lr`, each loss term the method reports
     (`train/loss_<term>`: ce, distill, l2, balance) and, for the MoE method, per adapter layer the entropy (nats) and
     the top expert's share of the expert selections since the last logged step (`moe/entropy/<layer>`,
-    `moe/top_share/<layer>`);
+    `moe/top_share/<layer>`; with top-k routing a share is at most 1/k);
   * each policy action (merge / freeze / grow / skip) as `events/<action>`: the layers it touched at its step;
   * after each task t (at global step (t+1) x iterations): `accuracy/<dataset>` (the matrix row) and the running
     `metrics/transfer|avg|last` (`running_metrics`: the ZSCL definitions over the rows so far; after the last row
@@ -157,3 +157,12 @@ class RunTracker:
         if self.active:
             self.accelerator.end_training()
             self.active = False
+
+
+def read_scalars(folder: str | Path) -> dict[str, list[tuple[int, float, float]]]:
+    """The scalars a TensorBoard folder holds (RUN_DIR/tensorboard): tag -> [(step, value, wall time)], in the
+    order written; needs the tensorboard package."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})   # 0: every point
+    acc.Reload()
+    return {tag: [(e.step, e.value, e.wall_time) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
