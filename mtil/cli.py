@@ -53,7 +53,7 @@ class OwnLines(logging.Filter):
 
 
 class _Stderr(logging.StreamHandler):
-    """A handler that writes to whatever sys.stderr is when a line is logged (a captured one included)."""
+    """A handler that writes to whatever sys.stderr is when a line is logged."""
 
     @property
     def stream(self):
@@ -64,21 +64,27 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
-def configure_logging(verbose: bool) -> None:
-    """Log lines to stderr. Quiet by default (`OwnLines`; Python warnings become log lines, so only errors of other
-    libraries show, and the datasets library draws no progress bars); `--verbose`: every library's lines from DEBUG."""
-    logging.captureWarnings(True)
-    if not verbose:
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    handler = _Stderr()
+def console_handler(verbose: bool, stream=None) -> logging.Handler:
+    """The console's log handler (to `stream`, default the current stderr): quiet (`OwnLines`) unless `verbose`."""
+    handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S"))
     if not verbose:
         handler.addFilter(OwnLines())
+    return handler
+
+
+def configure_logging(verbose: bool) -> None:
+    """Log lines to stderr through `console_handler`: quiet by default (Python warnings become log lines, so other
+    libraries' warnings are dropped too, and the datasets library draws no progress bars); `--verbose`: every
+    library's lines from DEBUG. Like logging.basicConfig, nothing changes when the host (pytest, a notebook) has
+    configured logging already."""
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_mtil", False)]:   # main() called again in one process
-        root.removeHandler(old)
-    handler._mtil = True
-    root.addHandler(handler)
+    if root.handlers:
+        return
+    logging.captureWarnings(True)
+    if not verbose:
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    root.addHandler(console_handler(verbose))
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 

@@ -1,5 +1,6 @@
 """Watching a run: the TensorBoard curves a run logs (read back with tensorboard's EventAccumulator), a missing
 tracker package, the quiet console, and `mtil status` on an interrupted or running run."""
+import io
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from mtil import metrics
-from mtil.cli import configure_logging, main
+from mtil.cli import console_handler, main
 from mtil.engine.tracking import read_scalars, running_metrics, selection_stats
 
 from conftest import Interrupt, interrupt_at_row
@@ -99,16 +100,17 @@ def test_distillation_terms_are_logged(stream_root, tmp_path):
     assert len(total) == 6 and parts == pytest.approx(total, rel=1e-4)
 
 
-def test_a_missing_tracker_package_is_one_line_and_the_same_results(tiny_args, tmp_path, monkeypatch, capsys):
+def test_a_missing_tracker_package_is_one_line_and_the_same_results(tiny_args, tmp_path, monkeypatch, caplog):
     assert main(["run", *tiny_args, "--out", str(tmp_path / "with")]) == 0
     assert (tmp_path / "with" / "tensorboard").is_dir()
-    capsys.readouterr()
     monkeypatch.setitem(sys.modules, "tensorboard", None)   # `import tensorboard` raises ImportError
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
-    assert main(["run", *tiny_args, "--set=output.trackers=tensorboard", "--out", str(tmp_path / "without")]) == 0
-    err = capsys.readouterr().err.splitlines()
-    said = [line for line in err if "tensorboard" in line.lower()]
-    assert len(said) == 1 and "output.trackers=tensorboard skipped" in said[0] and "does not import" in said[0], err
+    with caplog.at_level(logging.DEBUG):
+        assert main(["run", *tiny_args, "--set=output.trackers=tensorboard", "--out", str(tmp_path / "without")]) == 0
+    said = [r for r in caplog.records if "tensorboard" in r.getMessage().lower()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING, [r.getMessage() for r in said]
+    assert "output.trackers=tensorboard skipped" in said[0].getMessage()
+    assert "does not import" in said[0].getMessage()
     assert not (tmp_path / "without" / "tensorboard").exists()
     assert results(tmp_path / "without")["matrix"] == results(tmp_path / "with")["matrix"]
 
@@ -132,18 +134,25 @@ def test_the_console_shows_only_mtil_lines_and_ends_with_the_summary(stream_root
 
 
 @pytest.mark.parametrize("verbose", [False, True])
-def test_other_libraries_lines_show_only_with_verbose(verbose, capsys):
-    configure_logging(verbose)
+def test_other_libraries_lines_show_only_with_verbose(verbose):
+    stream = io.StringIO()
+    handler = console_handler(verbose, stream)
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
     try:
         logging.getLogger("somelib").info("JAX version 0.0 available.")
         logging.getLogger().info("Loaded built-in model config.")   # open_clip logs through the root logger
+        logging.getLogger("py.warnings").warning("UserWarning: something deprecated")   # logging.captureWarnings
         logging.getLogger("mtil.engine.run").info("after Red: Red=50.0")
         logging.getLogger("accelerate").error("a real error")
-        err = capsys.readouterr().err
     finally:
-        configure_logging(False)
+        root.removeHandler(handler)
+        root.setLevel(level)
+    err = stream.getvalue()
     assert "after Red" in err and "a real error" in err
-    assert ("JAX version" in err) == verbose and ("built-in model config" in err) == verbose
+    for line in ("JAX version", "built-in model config", "deprecated"):
+        assert (line in err) == verbose
 
 
 def test_status_of_an_interrupted_and_of_a_running_run(tiny_args, tmp_path, monkeypatch, capsys):
