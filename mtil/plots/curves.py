@@ -29,9 +29,9 @@ def training_curves(run) -> Figure:
     except ImportError:
         raise MissingData("reading TensorBoard curves needs the tensorboard package (pip install tensorboard)") \
             from None
-    if "train/loss" not in scalars:
-        raise MissingData(f"{folder} holds no loss curve")
-    end = span_end(run, [int(s) for s, _, _ in scalars["train/loss"]])
+    if not scalars:
+        raise MissingData(f"{folder} holds no curves")
+    end = span_end(run, [int(s) for points in scalars.values() for s, _, _ in points])
     fig = new_figure(11, 6.4)
     axes = fig.subplots(2, 2, sharex=True)
     loss, lr, experts, acc = axes.ravel()
@@ -40,7 +40,11 @@ def training_curves(run) -> Figure:
     for tag in sorted(t for t in scalars if t.startswith("train/loss_")):
         loss.plot(*_series(scalars, tag), linewidth=0.9, linestyle=":", label=tag.split("_", 1)[1])
     loss.set_ylabel("training loss")
-    loss.legend(fontsize=7.5, frameon=False)
+    if "train/loss" in scalars:
+        loss.legend(fontsize=7.5, frameon=False)
+    else:
+        loss.text(0.5, 0.5, "no step logged (train.log_every > train.iterations, or 0)", ha="center", va="center",
+                  transform=loss.transAxes)
     mark_panel(lr, "lr").plot(*_series(scalars, "train/lr"), color="tab:gray", marker=".", linewidth=1.2)
     lr.set_ylabel("learning rate")
     entropy = sorted(t for t in scalars if t.startswith("moe/entropy/"))
