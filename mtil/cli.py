@@ -20,6 +20,7 @@ COMMANDS = {
     "report": ("report", "Transfer / Avg / Last tables of run directories beside published rows"),
     "compare": ("compare", "run a methods (x policies) x seeds grid and write one table and one figure"),
     "plot": ("plot", "write the figures of a run directory"),
+    "status": ("status", "how far a run directory is (running or interrupted) and its partial matrix"),
     "prepare": ("prepare", "convert a dataset into mtil's prepared on-disk format"),
     "plasticity": ("plasticity", "the DynamicMoE plasticity study (chunked continual stream)"),
     "bench": ("bench", "speed and memory ratios measured in one run"),
@@ -45,12 +46,54 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     return parser, modules
 
 
+class OwnLines(logging.Filter):
+    """The quiet console: mtil's own INFO and above, other libraries' lines only from ERROR up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or record.name == "mtil" or record.name.startswith("mtil.")
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to whatever sys.stderr is when a line is logged."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def console_handler(verbose: bool, stream=None) -> logging.Handler:
+    """The console's log handler (to `stream`, default the current stderr): quiet (`OwnLines`) unless `verbose`."""
+    handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S"))
+    if not verbose:
+        handler.addFilter(OwnLines())
+    return handler
+
+
+def configure_logging(verbose: bool) -> None:
+    """Log lines to stderr through `console_handler`: quiet by default (Python warnings become log lines, so other
+    libraries' warnings are dropped too, and the datasets library draws no progress bars); `--verbose`: every
+    library's lines from DEBUG. Like logging.basicConfig, nothing changes when the host (pytest, a notebook) has
+    configured logging already."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    logging.captureWarnings(True)
+    if not verbose:
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    root.addHandler(console_handler(verbose))
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser, modules = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging(args.verbose)
     if args.command is None:
         parser.print_help()
         return 2

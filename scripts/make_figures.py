@@ -4,7 +4,8 @@
     .venv/bin/python scripts/make_figures.py --demo runs/demo --compare runs/grid --out docs/figures
 
 The run (`--demo`, default: the grid's `merge-seed42` cell, which is the default `mtil demo`) gives the fixed-expert
-heatmap, the router weights over training and the accuracy matrix; the grid (`mtil compare --methods ... --out DIR`)
+heatmap, the router weights over training, the accuracy matrix and its TensorBoard curves (`plots.training_curves`,
+from RUN/tensorboard: needs the tensorboard package); the grid (`mtil compare --methods ... --out DIR`)
 gives the comparison figure (`mtil.plots.compare_policies`, as `mtil compare` draws it). The study pages' figures
 come from their own commands (docs/plasticity.md, docs/rl.md).
 """
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ("fixed_experts", "router_weights", "accuracy_matrix", "compare")
+FIGURES = ("fixed_experts", "router_weights", "accuracy_matrix", "training_curves", "compare")
 DPI = 100
 ROWS = ("zero-shot", "finetune", "lwf", "icarl", "wiseft", "zscl", "none", "freeze", "merge", "grow")   # the grid's order
 
@@ -28,6 +29,7 @@ def make_figures(demo: Path, compare: Path, out: Path) -> list[Path]:
     figures = {"fixed_experts": plots.fixed_expert_heatmap(run),
                "router_weights": plots.router_weights(run, plots.default_layer(run) or plots.DEFAULT_LAYER),
                "accuracy_matrix": plots.accuracy_matrix(run),
+               "training_curves": plots.training_curves(run),
                "compare": plots.compare_policies({g.label: g.runs for g in sorted(
                    report.group_runs(find_runs(compare)), key=lambda g: ROWS.index(g.label) if g.label in ROWS else len(ROWS))})}
     return [plots.save_figure(fig, out / f"{name}.png", "png", dpi=DPI) for name, fig in figures.items()]

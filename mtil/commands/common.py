@@ -27,12 +27,23 @@ def summary_lines(results: dict, out: Path) -> list[str]:
              " " * (width + 2) + " ".join(f"{n[:7]:>7}" for n in names)]
     for name, row in zip(names, results["matrix"]):
         lines.append(f"{name:>{width}}  " + " ".join(f"{a:7.1f}" for a in row))
-    if results.get("complete"):
-        lines.append(f"Transfer {results['transfer']:.2f}  Avg {results['avg']:.2f}  Last {results['last']:.2f}  "
-                     f"BWT {results['bwt']:.2f}")
     if results.get("selector_accuracy_mean") is not None:
         lines.append(f"task selector accuracy {results['selector_accuracy_mean']:.1f}%")
     return lines
+
+
+def final_line(results: dict, out: Path, figures: int | None) -> str:
+    """The last line of a run's console: Transfer / Avg / Last and where the results, figures and curves are."""
+    paths = RunDir(out)
+    head = (f"Transfer {results['transfer']:.2f}  Avg {results['avg']:.2f}  Last {results['last']:.2f}  "
+            f"BWT {results['bwt']:.2f}" if results.get("complete") else
+            f"{len(results['matrix'])} of {len(results['tasks'])} tasks")
+    where = [f"results {paths.results}"]
+    if figures is not None:
+        where.append(f"figures {paths.figures} ({figures} files)")
+    if paths.tensorboard.is_dir():
+        where.append(f"curves: tensorboard --logdir {paths.tensorboard}")
+    return " | ".join([head, *where])
 
 
 def execute_run(cfg, out: Path, resume: bool) -> int:
@@ -43,8 +54,9 @@ def execute_run(cfg, out: Path, resume: bool) -> int:
     results = run.execute()
     if run.accelerator.is_main_process:
         print("\n".join(summary_lines(results, out)))
+        figures = None
         if cfg.output.plots:
             from ..plots import plot_run
-            paths = plot_run(out)
-            print(f"figures: {RunDir(out).figures} ({len(paths)} files)")
+            figures = len(plot_run(out))
+        print(final_line(results, out, figures))
     return 0

@@ -28,7 +28,7 @@ from ..model import backbone
 from ..rundir import files
 from ..rundir.claim import Claim, claim
 from ..rundir.layout import CHECKPOINT, RunDir
-from . import checkpoint
+from . import checkpoint, tracking
 from .evaluate import Evaluator
 from .selector import check_sizes
 from .train import Trainer, TrainSettings
@@ -108,7 +108,9 @@ class Run:
         self.cfg, self.out, self.resume = cfg, Path(out), resume
         self.dir = RunDir(out)
         # every value was checked against its base.yaml rule when the config was loaded (mtil.config)
-        self.accelerator = Accelerator(mixed_precision="no" if cfg.model.precision == "fp32" else cfg.model.precision)
+        trackers = tracking.tracker_choice(cfg.output.trackers)
+        self.accelerator = Accelerator(mixed_precision="no" if cfg.model.precision == "fp32" else cfg.model.precision,
+                                       log_with=trackers, project_dir=str(self.out) if trackers else None)
         self.claim = prepare_out_dir(self.out, resume) if self.accelerator.is_main_process else None
         try:
             self._build()
@@ -117,7 +119,9 @@ class Run:
             raise
 
     def close(self) -> None:
-        """Release the run directory's lock (the run is over, or never started)."""
+        """Close the trackers and release the run directory's lock (the run is over, or never started)."""
+        if getattr(self, "tracker", None) is not None:
+            self.tracker.close()
         if self.claim is not None:
             self.claim.release()
 
@@ -154,6 +158,7 @@ class Run:
         self.params: list[dict] = []
         self.train_seconds: list[float] = []
         self.train_state = None
+        self.tracker = tracking.RunTracker(self.accelerator, cfg, self.out, self.method, cfg.train.iterations)
 
     # ---- state --------------------------------------------------------------------------------------------------
     def state(self, train_state: dict | None = None) -> dict:
@@ -234,10 +239,11 @@ class Run:
                 self.write_outputs()
         elif self.accelerator.is_main_process:
             files.write_text(self.dir.config, config.dump(self.cfg))
+        self.tracker.start(self.progress["global_step"])
         trainer = Trainer(self.train_settings, accelerator=self.accelerator,
                           model=self.accelerator.prepare_model(self.method.module), method=self.method,
                           transform=self.backbone.preprocess_train, tokenizer=self.backbone.tokenizer,
-                          skipped=self.skipped)
+                          skipped=self.skipped, on_log=self.tracker.train_step)
         if self.eval_mode == "selector":
             last_fitted = self.progress["task"] if self.progress["phase"] == "train" else self.progress["task"] + 1
             for t in range(last_fitted):
@@ -275,6 +281,7 @@ class Run:
             row = self._broadcast(row)
             self.rows.append([round(a, 4) for a in row["accuracies"]])
             self.selector_accuracy.append(row["selector_accuracy"])
+            self.tracker.row(t, self.names, self.rows)
             log.info("after %s: %s", self.names[t], " ".join(f"{n}={a:.1f}" for n, a in zip(self.names, row["accuracies"])))
             self.progress.update(task=t + 1, phase="train", step=0)
             self.save()

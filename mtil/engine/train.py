@@ -60,10 +60,11 @@ class Trainer:
     prepared it (maybe DDP-wrapped), `method` the run's `mtil.methods.Method`."""
 
     def __init__(self, settings: TrainSettings, *, accelerator, model, method, transform, tokenizer,
-                 skipped: Skipped | None = None):
+                 skipped: Skipped | None = None, on_log: Callable[[TrainContext, float, float], None] | None = None):
         self.s, self.accelerator, self.model, self.method = settings, accelerator, model, method
         self.transform, self.tokenizer = transform, tokenizer
         self.skipped = Skipped() if skipped is None else skipped
+        self.on_log = on_log   # called as on_log(ctx, loss, lr) every train.log_every steps (the live curves)
 
     def fit(self, task: TaskData, task_index: int, *, start_step: int = 0, global_step: int = 0,
             resume_state: dict | None = None, save_checkpoint: Callable[[dict], None] | None = None) -> int:
@@ -86,7 +87,8 @@ class Trainer:
                               workers=s.num_workers, bad_images=s.bad_images)
         self.model.train()
         skipped = self.skipped
-        bar = tqdm(skipped.batches(loader), total=len(loader), desc=f"task {task_index + 1} {task.name}", leave=False, disable=None)
+        bar = tqdm(skipped.batches(loader), total=len(loader), desc=f"task {task_index + 1}/{len(method.facts.tasks)} "
+                   f"{task.name}", unit="step", disable=None)   # one bar per task (none when not a terminal)
         for batch in bar:
             if batch is None:
                 continue
@@ -109,12 +111,16 @@ class Trainer:
             ctx.step += 1
             ctx.global_step += 1
             method.after_step(ctx)
+            bar.set_postfix(loss=f"{value:.3f}", refresh=False)
             if s.log_every and ctx.step % s.log_every == 0:
-                log.info("task %s step %d loss %.4f lr %.2e", task.name, ctx.step, value, optimizer.param_groups[0]["lr"])
-                bar.set_postfix(loss=f"{value:.3f}")
+                lr = optimizer.param_groups[0]["lr"]
+                log.debug("task %s step %d loss %.4f lr %.2e", task.name, ctx.step, value, lr)
+                if self.on_log is not None:
+                    self.on_log(ctx, value, lr)
             if save_checkpoint and s.checkpoint_every and ctx.step % s.checkpoint_every == 0 and ctx.step < iterations:
                 save_checkpoint({"step": ctx.step, "global_step": ctx.global_step,
                                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+        bar.close()
         method.end_task(ctx)
         if skipped[(task.name, "train")]:
             log.warning("%s: %d undecodable training images skipped (data.bad_images=skip)", task.name,

@@ -62,6 +62,7 @@ class Method(ABC):
         self.model: AdaptedCLIP | None = None   # what the evaluator reads
         self.module: nn.Module | None = None    # what the training step calls (accelerate prepares it)
         self._events: list[dict[str, Any]] = []
+        self.loss_terms: dict[str, torch.Tensor] = {}   # the last step's loss terms, detached (the live curves)
 
     @classmethod
     def from_config(cls, cfg) -> "Method":
@@ -119,6 +120,11 @@ class Method(ABC):
 
     def usage(self, tasks: list[str]) -> dict | None:
         """usage.npz content (expert selections), None for a method without experts."""
+        return None
+
+    def selection_counts(self) -> tuple[list[str], torch.Tensor] | None:
+        """(layer names, expert selection counts [L, E] of the current task) for the live curves; None without
+        experts."""
         return None
 
     @property

@@ -171,8 +171,10 @@ class Distilling(FineTune):
             return loss
         with torch.no_grad():
             teacher = self.teacher.encode_image(ref_images, normalize=True)
-        return loss + distillation_loss(teacher, ref_features, self.texts, self.clip.logit_scale.exp(),
-                                        self.temperature, self.image_loss, self.text_loss)
+        term = distillation_loss(teacher, ref_features, self.texts, self.clip.logit_scale.exp(), self.temperature,
+                                 self.image_loss, self.text_loss)
+        self.loss_terms["distill"] = term.detach()
+        return loss + term
 
     def end_task(self, ctx: TrainContext) -> None:
         self._batches = None

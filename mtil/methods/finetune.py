@@ -133,6 +133,7 @@ class FineTune(Method):
         logits, ref_features = model(images, tokens, ref)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))   # at least fp32 under autocast
         loss = F.cross_entropy(logits, labels, label_smoothing=self.facts.label_smoothing)
+        self.loss_terms = {"ce": loss.detach()}
         return self.regularize(loss, ref, ref_features, ctx)
 
     # ---- records --------------------------------------------------------------------------------------------

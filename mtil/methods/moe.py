@@ -81,8 +81,11 @@ class MoE(Method):
     def loss(self, model, images, labels, tokens, ctx: TrainContext) -> torch.Tensor:
         logits = model(images, tokens, self.router)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.facts.label_smoothing)
+        self.loss_terms = {"ce": loss.detach()}
         if self.balance_weight > 0:
-            loss = loss + self.balance_weight * self.model.aux_loss()
+            balance = self.balance_weight * self.model.aux_loss()
+            self.loss_terms["balance"] = balance.detach()
+            loss = loss + balance
         return loss
 
     def after_step(self, ctx: TrainContext) -> None:
@@ -106,6 +109,9 @@ class MoE(Method):
 
     def usage(self, tasks: list[str]) -> dict:
         return self.tracker.arrays(tasks)
+
+    def selection_counts(self) -> tuple[list[str], torch.Tensor]:
+        return self.tracker.layer_names, self.tracker.task_counts()
 
     def state_dict(self) -> dict:
         return {"policy": self.policy.state_dict(), "tracker": self.tracker.state_dict()}

@@ -61,7 +61,9 @@ class ZSCL(Distilling):
 
     def regularize(self, loss, ref_images, ref_features, ctx: TrainContext) -> torch.Tensor:
         if self.l2 > 0:
-            loss = loss + self.l2 * self.l2_distance()
+            term = self.l2 * self.l2_distance()
+            self.loss_terms["l2"] = term.detach()
+            loss = loss + term
         return super().regularize(loss, ref_images, ref_features, ctx)
 
     def l2_distance(self) -> torch.Tensor:

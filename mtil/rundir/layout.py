@@ -10,6 +10,7 @@ EVENTS = "events.jsonl"             # one line per policy action (merge, freeze,
 USAGE = "usage.npz"                 # per-task expert selection counts, router-weight snapshots
 CHECKPOINT = "checkpoints/last.pt"  # everything --resume needs (never the frozen backbone)
 FIGURES = "figures"                 # `mtil plot` output
+TENSORBOARD = "tensorboard"         # live curves (output.trackers: tensorboard), `tensorboard --logdir` reads them
 
 
 class RunDir:
@@ -24,6 +25,7 @@ class RunDir:
     usage = property(lambda self: self.path / USAGE)
     checkpoint = property(lambda self: self.path / CHECKPOINT)
     figures = property(lambda self: self.path / FIGURES)
+    tensorboard = property(lambda self: self.path / TENSORBOARD)
 
     def finished(self) -> bool:
         return os.path.exists(self.results)   # not Path.exists: a path the OS refuses (too long) holds no run
