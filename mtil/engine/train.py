@@ -107,6 +107,7 @@ class Trainer:
                 continue
             ctx.step += 1
             ctx.global_step += 1
+            ctx.loss = value
             method.after_step(ctx)
             if s.log_every and ctx.step % s.log_every == 0:
                 log.info("task %s step %d loss %.4f lr %.2e", task.name, ctx.step, value, optimizer.param_groups[0]["lr"])
