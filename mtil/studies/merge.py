@@ -5,7 +5,8 @@ overrides: freeze, merge, its controls) in every setting (a run config: per task
 directory per cell, `OUT/<setting>/<arm>-seed<k>`. Cells run seed by seed, so a study cut short holds whole seeds.
 A finished cell is reused and an interrupted one resumed when its provenance record is the cell's (as `mtil
 compare` does), so re-running the command continues the study. Wall and CPU seconds of every cell run are kept in
-OUT/timings.json.
+OUT/timings/ (one file per cell, so commands over disjoint cells, e.g. `--settings per_task` and `--settings
+task_free`, may run at once into one OUT).
 
 The summary (OUT/<name>.json and .md, OUT/<name>_<setting>.png): per setting, every arm's metrics (mean ± std),
 the paired differences of every arm against the baseline and of the contrasts (`report.paired_differences`:
@@ -85,20 +86,21 @@ def plan(cfg, out: Path, run_overrides=(), seeds=None, arms=None, settings=None)
     return cells
 
 
+def _timing_path(out: Path, c: Cell) -> Path:
+    return out / "timings" / c.setting / f"{c.arm}-seed{c.seed}.json"
+
+
 def run_cells(cells: list[Cell], out: Path) -> None:
-    """Run the unfinished cells in order; wall and CPU seconds of each go into OUT/timings.json."""
+    """Run the unfinished cells in order; wall and CPU seconds of each go into OUT/timings/<setting>/<cell>.json
+    (one file per cell: studies of disjoint cells may run at once into one OUT)."""
     from ..engine.compare import run_plan
-    path = out / "timings.json"
-    timings = json.loads(path.read_text()) if path.exists() else {}
     for i, c in enumerate(cells):
         if c.status == "done":
             continue
         log.info("merge study: cell %d of %d: %s/%s-seed%d", i + 1, len(cells), c.setting, c.arm, c.seed)
         wall, cpu = time.perf_counter(), _cpu_seconds()
         run_plan([(c.path, c.cfg, c.status)])
-        timings[f"{c.setting}/{c.arm}-seed{c.seed}"] = {"wall_s": time.perf_counter() - wall,
-                                                         "cpu_s": _cpu_seconds() - cpu}
-        files.write_json(path, timings)
+        files.write_json(_timing_path(out, c), {"wall_s": time.perf_counter() - wall, "cpu_s": _cpu_seconds() - cpu})
 
 
 def _cpu_seconds() -> float:
@@ -157,7 +159,7 @@ def diagnostics(cells: list[Cell]) -> dict:
 
 def summarize(cfg, cells: list[Cell], out: Path) -> dict:
     """Per setting: every arm's metrics, the paired differences against the baseline and the contrasts, and the
-    merge diagnostics; plus the cells' wall and CPU time (OUT/timings.json)."""
+    merge diagnostics; plus the cells' wall and CPU time (OUT/timings/)."""
     s = cfg.study
     settings = {}
     for setting in dict.fromkeys(c.setting for c in cells):
@@ -174,10 +176,7 @@ def summarize(cfg, cells: list[Cell], out: Path) -> dict:
                            "diagnostics": diagnostics(by_arm[arm])} for arm, g in groups.items()},
             "paired": [report.paired_differences(groups[a], groups[b], metrics=METRICS)
                        for a, b in pairs if a in groups and b in groups]}
-    timings_path = out / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    keys = [f"{c.setting}/{c.arm}-seed{c.seed}" for c in cells]
-    timed = [timings[k] for k in keys if k in timings]
+    timed = [json.loads(_timing_path(out, c).read_text()) for c in cells if _timing_path(out, c).exists()]
     return {"settings": settings, "cells": len(cells), "timed_cells": len(timed),
             "wall_s": float(sum(t["wall_s"] for t in timed)), "cpu_s": float(sum(t["cpu_s"] for t in timed))}
 
@@ -224,7 +223,7 @@ def markdown(summary: dict) -> str:
         lines.append("")
     wall, cpu = summary["wall_s"], summary["cpu_s"]
     lines.append(f"{summary['cells']} runs; {summary['timed_cells']} timed by this study: wall {wall / 60:.1f} min, "
-                 f"CPU {cpu / 60:.1f} min (OUT/timings.json)")
+                 f"CPU {cpu / 60:.1f} min (OUT/timings/)")
     return "\n".join(lines)
 
 
