@@ -1,5 +1,6 @@
-"""`mtil study merge [CONFIG] --out DIR [--seeds 0,1] [--arms ...] [--settings ...] [--name NAME] [--plan]`: the
-merge study (mtil.studies.merge; docs/merge_study.md). Re-running it into the same --out continues it."""
+"""`mtil study merge [CONFIG] --out DIR [--seeds 0,1] [--arms ...] [--settings ...] [--name NAME] [--plan]
+[--summary-only]`: the merge study (mtil.studies.merge; docs/merge_study.md). Re-running it into the same --out
+continues it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,6 +20,8 @@ def add_arguments(p) -> None:
     p.add_argument("--name", default="study", help="summary files OUT/NAME.json, .md, _<setting>.png (default: "
                    "%(default)s; e.g. pilot)")
     p.add_argument("--plan", action="store_true", help="list the cells and what each would do, run nothing")
+    p.add_argument("--summary-only", action="store_true", help="summarise the finished cells, run nothing (the "
+                   "unfinished ones are named in the summary)")
 
 
 def _split(text):
@@ -42,7 +45,7 @@ def execute(args) -> int:
         print(f"{len(cells)} cells, {sum(c.status != 'done' for c in cells)} to run")
         return 0
     summary, paths = merge.run_study(cfg, out, args.overrides, seeds, _split(args.arms), _split(args.settings),
-                                     args.name)
+                                     args.name, summary_only=args.summary_only)
     print(merge.markdown(summary))
     print("wrote: " + ", ".join(map(str, paths)))
     return 0

@@ -221,6 +221,8 @@ def markdown(summary: dict) -> str:
                          f"{pct(d['above_uniform_after'])} | {pct(d['frozen_at_end'])} | "
                          f"{_cell(d['loss_change_across'], 3)} | {_cell(d['loss_drift_before'], 3)} |")
         lines.append("")
+    if summary.get("not_run"):
+        lines.append(f"Not run (left out): {', '.join(summary['not_run'])}")
     wall, cpu = summary["wall_s"], summary["cpu_s"]
     lines.append(f"{summary['cells']} runs; {summary['timed_cells']} timed by this study: wall {wall / 60:.1f} min, "
                  f"CPU {cpu / 60:.1f} min (OUT/timings/)")
@@ -239,10 +241,18 @@ def write(summary: dict, out: Path, name: str = "study") -> list[Path]:
     return paths
 
 
-def run_study(cfg, out: Path, run_overrides=(), seeds=None, arms=None, settings=None,
-              name: str = "study") -> tuple[dict, list[Path]]:
-    """Plan, run what is unfinished, summarise; returns (summary, files written)."""
+def run_study(cfg, out: Path, run_overrides=(), seeds=None, arms=None, settings=None, name: str = "study",
+              summary_only: bool = False) -> tuple[dict, list[Path]]:
+    """Plan, run what is unfinished (`summary_only`: nothing; unfinished cells are left out of the summary and
+    named in it), summarise; returns (summary, files written)."""
     cells = plan(cfg, out, run_overrides, seeds, arms, settings)
-    run_cells(cells, out)
-    summary = summarize(cfg, cells, out)
+    missing = [f"{c.setting}/{c.arm}-seed{c.seed}" for c in cells if c.status != "done"]
+    if summary_only:
+        cells = [c for c in cells if c.status == "done"]
+        if not cells:
+            raise MtilError(f"no finished cell of this study in {out}; run it without --summary-only first")
+    else:
+        run_cells(cells, out)
+        missing = []
+    summary = {**summarize(cfg, cells, out), "not_run": missing}
     return summary, write(summary, out, name)

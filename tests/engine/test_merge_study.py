@@ -29,6 +29,10 @@ def test_study_runs_every_cell_once_pairs_by_seed_and_summarises_the_merges(tiny
     argv = ["study", "merge", str(study_config), "--out", str(out), *tiny_args]
     assert main([*argv, "--plan"]) == 0
     assert "10 cells, 10 to run" in capsys.readouterr().out
+    assert main([*argv, "--seeds", "0", "--settings", "per_task", "--arms", "freeze,merge"]) == 0
+    assert main([*argv, "--summary-only", "--settings", "per_task", "--arms", "freeze,merge", "--name", "part"]) == 0
+    part = json.loads((out / "part.json").read_text())
+    assert part["not_run"] == ["per_task/freeze-seed1", "per_task/merge-seed1"] and part["cells"] == 2
     assert main(argv) == 0
     summary = json.loads((out / "study.json").read_text())
     assert len(list((out / "timings").rglob("*.json"))) == 10 and summary["timed_cells"] == 10
