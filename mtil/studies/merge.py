@@ -90,17 +90,27 @@ def _timing_path(out: Path, c: Cell) -> Path:
     return out / "timings" / c.setting / f"{c.arm}-seed{c.seed}.json"
 
 
-def run_cells(cells: list[Cell], out: Path) -> None:
+def run_cells(cells: list[Cell], out: Path) -> list[Cell]:
     """Run the unfinished cells in order; wall and CPU seconds of each go into OUT/timings/<setting>/<cell>.json
-    (one file per cell: studies of disjoint cells may run at once into one OUT)."""
-    from ..engine.compare import run_plan
+    (one file per cell). Several study commands may share one OUT: a cell's status is read again just before it
+    runs, and a cell another process is writing is left to it (returned)."""
+    from ..engine.compare import cell_status, run_plan
+    from ..rundir.claim import Busy
+    busy = []
     for i, c in enumerate(cells):
+        c.status = cell_status(c.path)
         if c.status == "done":
             continue
         log.info("merge study: cell %d of %d: %s/%s-seed%d", i + 1, len(cells), c.setting, c.arm, c.seed)
         wall, cpu = time.perf_counter(), _cpu_seconds()
-        run_plan([(c.path, c.cfg, c.status)])
+        try:
+            run_plan([(c.path, c.cfg, c.status)])
+        except Busy as e:
+            log.warning("merge study: %s; left to it", e)
+            busy.append(c)
+            continue
         files.write_json(_timing_path(out, c), {"wall_s": time.perf_counter() - wall, "cpu_s": _cpu_seconds() - cpu})
+    return busy
 
 
 def _cpu_seconds() -> float:
@@ -252,7 +262,8 @@ def run_study(cfg, out: Path, run_overrides=(), seeds=None, arms=None, settings=
         if not cells:
             raise MtilError(f"no finished cell of this study in {out}; run it without --summary-only first")
     else:
-        run_cells(cells, out)
-        missing = []
+        busy = run_cells(cells, out)
+        missing = [f"{c.setting}/{c.arm}-seed{c.seed}" for c in busy]
+        cells = [c for c in cells if c not in busy]
     summary = {**summarize(cfg, cells, out), "not_run": missing}
     return summary, write(summary, out, name)
