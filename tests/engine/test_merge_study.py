@@ -66,3 +66,16 @@ def test_study_config_errors(study_config, tmp_path, capsys):
     assert "study names arms it does not define: grow" in capsys.readouterr().err
     assert main(["study", "merge", str(study_config), "--plan", "--arms", "nope"]) == 2
     assert "unknown arm nope" in capsys.readouterr().err
+
+
+def test_a_cell_another_process_is_writing_is_left_to_it(tmp_path, monkeypatch):
+    from mtil.engine import compare
+    from mtil.rundir.claim import Busy
+    from mtil.studies import merge
+
+    def busy(plan):
+        raise Busy(f"'{plan[0][0]}' is being written by process 1")
+    monkeypatch.setattr(compare, "run_plan", busy)
+    cell = merge.Cell("per_task", "merge", 0, tmp_path / "per_task" / "merge-seed0", cfg=None, status="new")
+    assert merge.run_cells([cell], tmp_path) == [cell]
+    assert not (tmp_path / "timings").exists()
