@@ -102,6 +102,7 @@ class Domain:
     templates: tuple[str, ...]   # task prompts with {} (the first is used for training)
     captions: tuple[str, ...]    # pre-training captions: {} = class name, plus named attributes
     render: Renderer
+    base: str | None = None      # a stream-only domain: the captioned domain whose classes it shows
 
 
 def _colors(labels, part, rng):
@@ -403,7 +404,7 @@ def _partly_named(base: str, name: str, renamed: Mapping[str, str], templates: S
     unknown = set(renamed) - set(classes)
     assert not unknown, unknown
     return Domain(name, tuple(renamed.get(c, c) for c in classes), tuple(templates), (),
-                  render or DOMAINS[base].render)
+                  render or DOMAINS[base].render, base)
 
 
 # Stream domains that rename complementary halves of one base's classes: the words one renames are words another
