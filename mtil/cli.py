@@ -25,8 +25,9 @@ COMMANDS = {
     "plasticity": ("plasticity", "the DynamicMoE plasticity study (chunked continual stream)"),
     "bench": ("bench", "speed and memory ratios measured in one run"),
     "rl": ("rl", "DynamicMoE in RL: PPO with MoE-SimBa blocks (needs the [rl] extra); --compare for the study"),
+    "study": ("study", "a study over many runs: merge (freeze vs merge and its controls, paired by seed)"),
 }
-TAKES_OVERRIDES = {"run", "check", "demo", "compare", "plasticity", "rl"}
+TAKES_OVERRIDES = {"run", "check", "demo", "compare", "plasticity", "rl", "study"}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:

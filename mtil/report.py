@@ -375,3 +375,115 @@ def render(paths: list[str | Path], fmt_name: str = "md") -> str:
         lines.append("")
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines).rstrip("\n")
+
+
+# ---- paired differences: `mtil report RUNS --paired A B` ------------------------------------------------------
+# Two groups of one stream, named by their labels as the table prints them (e.g. `merge`, `freeze`,
+# `merge (policy.merge.combine=copy)`), are paired by seed: for every metric, the per-seed differences A - B, their
+# mean and a percentile bootstrap interval of that mean (resampling seeds; settings in configs/report.yaml).
+PAIRED_METRICS = (*METRICS, *COSTS)
+
+
+def paired_settings():
+    """configs/report.yaml's `paired` section (bootstrap resamples, confidence, seed)."""
+    from . import config
+    return config.load("report.yaml", schema="report.yaml").paired
+
+
+def bootstrap_interval(diffs, *, resamples: int, confidence: float, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `diffs` (resampled with replacement, numpy default_rng(seed))."""
+    d = np.asarray(diffs, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(resamples, len(d)))
+    means = d[idx].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def _run_seed(run: dict):
+    rec = run.get("provenance")
+    if isinstance(rec, dict) and isinstance(rec.get("config"), dict) and "seed" in rec["config"]:
+        return rec["config"]["seed"]
+    return run.get("seed")
+
+
+def paired_differences(a: Group, b: Group, settings=None, metrics: tuple = PAIRED_METRICS) -> dict:
+    """Per-seed differences a - b of every metric (seeds both groups have), their mean and bootstrap interval."""
+    if a.tasks != b.tasks:
+        raise MtilError(f"--paired: {a.label} and {b.label} learn different task streams; pair groups of one stream")
+    s = settings or paired_settings()
+    by_a = {_run_seed(r): r for r in a.runs}
+    by_b = {_run_seed(r): r for r in b.runs}
+    seeds = [k for k in by_a if k in by_b and k is not None]
+    if not seeds:
+        raise MtilError(f"--paired: {a.label} (seeds {sorted(map(str, by_a))}) and {b.label} (seeds "
+                        f"{sorted(map(str, by_b))}) share no seed; run both with the same seeds")
+    seeds.sort()
+    rows = []
+    for m in metrics:
+        va = np.array([np.nan if by_a[k].get(m) is None else by_a[k][m] for k in seeds], dtype=float)
+        vb = np.array([np.nan if by_b[k].get(m) is None else by_b[k][m] for k in seeds], dtype=float)
+        d = va - vb
+        ok = ~np.isnan(d)
+        lo, hi = (bootstrap_interval(d[ok], resamples=s.resamples, confidence=s.confidence, seed=s.seed)
+                  if ok.any() else (None, None))
+        rows.append({"metric": m, "a_mean": float(np.mean(va[ok])) if ok.any() else None,
+                     "b_mean": float(np.mean(vb[ok])) if ok.any() else None,
+                     "diff_mean": float(np.mean(d[ok])) if ok.any() else None, "ci_low": lo, "ci_high": hi,
+                     "diffs": [None if np.isnan(x) else float(x) for x in d]})
+    unpaired = {g.label: sorted(str(k) for k in keys if k not in seeds)
+                for g, keys in ((a, by_a), (b, by_b)) if any(k not in seeds for k in keys)}
+    return {"a": a.label, "b": b.label, "tasks": a.tasks, "seeds": seeds, "unpaired": unpaired,
+            "resamples": s.resamples, "confidence": s.confidence, "bootstrap_seed": s.seed, "rows": rows}
+
+
+def find_group(groups: list[Group], label: str) -> Group:
+    for g in groups:
+        if g.label == label:
+            return g
+    raise MtilError(f"--paired: no group named {label!r}; the groups are: "
+                    + "; ".join(repr(g.label) for g in groups))
+
+
+def fmt_signed(x) -> str:
+    return "-" if x is None else f"{x:+.2f}"
+
+
+def paired_markdown(p: dict) -> str:
+    """The paired table of `paired_differences`: one row per metric."""
+    seeds = ", ".join(map(str, p["seeds"]))
+    pct = f"{p['confidence'] * 100:g}%"
+    lines = [f"paired by seed: {p['a']} - {p['b']} (seeds {seeds}; {pct} percentile bootstrap interval of the mean, "
+             f"{p['resamples']} resamples, seed {p['bootstrap_seed']})", "",
+             f"| metric | {p['a']} | {p['b']} | difference | {pct} interval | per seed |", "|---|---|---|---|---|---|"]
+    for r in p["rows"]:
+        if r["diff_mean"] is None:
+            continue
+        scale = 1.0 if r["metric"] != "trainable" else 1e-3
+        unit = "" if r["metric"] != "trainable" else " (k)"
+        lines.append(f"| {HEADERS[r['metric']]}{unit} | {r['a_mean'] * scale:.2f} | {r['b_mean'] * scale:.2f} | "
+                     f"{fmt_signed(r['diff_mean'] * scale)} | [{fmt_signed(r['ci_low'] * scale)}, "
+                     f"{fmt_signed(r['ci_high'] * scale)}] | "
+                     + " ".join(fmt_signed(None if x is None else x * scale) for x in r["diffs"]) + " |")
+    lines += [f"note: seeds of {label} without a partner, left out: {', '.join(s)}"
+              for label, s in p["unpaired"].items()]
+    return "\n".join(lines)
+
+
+def render_paired(paths: list[str | Path], a: str, b: str, fmt_name: str = "md") -> tuple[str, dict]:
+    """(text, paired result) of `mtil report RUNS --paired A B`; md or json (csv: one row per metric)."""
+    groups = group_runs(paths)
+    p = paired_differences(find_group(groups, a), find_group(groups, b))
+    if fmt_name == "json":
+        return json.dumps(_finite(p), indent=2, allow_nan=False), p
+    if fmt_name == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["metric", "a", "b", "a_mean", "b_mean", "diff_mean", "ci_low", "ci_high",
+                         *(f"seed{k}" for k in p["seeds"])])
+        for r in p["rows"]:
+            writer.writerow([r["metric"], p["a"], p["b"], *("" if r[k] is None else round(r[k], 4) for k in
+                             ("a_mean", "b_mean", "diff_mean", "ci_low", "ci_high")),
+                             *("" if x is None else round(x, 4) for x in r["diffs"])])
+        return buf.getvalue(), p
+    return paired_markdown(p), p

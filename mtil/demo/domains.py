@@ -26,7 +26,7 @@ import functools
 import logging
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -102,6 +102,7 @@ class Domain:
     templates: tuple[str, ...]   # task prompts with {} (the first is used for training)
     captions: tuple[str, ...]    # pre-training captions: {} = class name, plus named attributes
     render: Renderer
+    base: str | None = None      # a stream-only domain: the captioned domain whose classes it shows
 
 
 def _colors(labels, part, rng):
@@ -352,45 +353,86 @@ DOMAINS: dict[str, Domain] = {d.name: d for d in [
 ]}
 
 
-def _gems(labels, part, rng):
-    """A Colors swatch cut as a faceted stone (a regular 5-8-gon) lying on dark cloth."""
-    swatches, attrs = _colors(labels, part, rng)
+def _cut_out(render: Renderer, shape: str) -> Renderer:
+    """`render`'s image cut out as a faceted stone (`shape="stone"`: a regular 5-8-gon) or seen through a round
+    window (`shape="disc"`), lying on dark cloth: the same classes as `render`'s domain, a different look."""
+    def cut(labels, part, rng):
+        swatches, attrs = render(labels, part, rng)
+        big = 4 * SIZE
+        images = []
+        for swatch in swatches:
+            mask = Image.new("L", (big, big), 0)
+            r = rng.uniform(0.3, 0.45) * big if shape == "stone" else rng.uniform(0.38, 0.48) * big
+            cx, cy = rng.uniform(r + 2, big - r - 2, 2)
+            if shape == "stone":
+                pts = _polygon(int(rng.integers(5, 9)), r, rng.uniform(0, 2 * np.pi))
+                ImageDraw.Draw(mask).polygon([(cx + x, cy + y) for x, y in pts], fill=255)
+            else:
+                ImageDraw.Draw(mask).ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+            alpha = np.asarray(mask.resize((SIZE, SIZE), Image.LANCZOS), dtype=np.float32)[..., None] / 255
+            cloth = rng.uniform(10, 40) + rng.normal(0, 4, (SIZE, SIZE, 1))
+            images.append(np.clip(alpha * swatch + (1 - alpha) * cloth, 0, 255).astype(np.uint8))
+        return np.stack(images), attrs
+    return cut
+
+
+def _inks(labels, part, rng):
+    """A Colors hue as a thick brush stroke (a jittered polyline) on pale paper."""
+    names = list(DOMAINS["Colors"].classnames)
     big = 4 * SIZE
     images = []
-    for swatch in swatches:
-        mask = Image.new("L", (big, big), 0)
-        r = rng.uniform(0.3, 0.45) * big
-        cx, cy = rng.uniform(r + 2, big - r - 2, 2)
-        pts = _polygon(int(rng.integers(5, 9)), r, rng.uniform(0, 2 * np.pi))
-        ImageDraw.Draw(mask).polygon([(cx + x, cy + y) for x, y in pts], fill=255)
-        alpha = np.asarray(mask.resize((SIZE, SIZE), Image.LANCZOS), dtype=np.float32)[..., None] / 255
-        cloth = rng.uniform(10, 40) + rng.normal(0, 4, (SIZE, SIZE, 1))
-        images.append(np.clip(alpha * swatch + (1 - alpha) * cloth, 0, 255).astype(np.uint8))
-    return np.stack(images), attrs
+    for lab in labels:
+        paper = _jitter((236, 230, 214), rng, hue=0.02, sat=0.4, val=0.05)
+        img = Image.new("RGB", (big, big), paper)
+        draw = ImageDraw.Draw(img)
+        n = int(rng.integers(3, 6))
+        pts = [tuple(p) for p in rng.uniform(0.15, 0.85, (n, 2)) * big]
+        draw.line(pts, fill=_jitter(PALETTE[names[lab]], rng, hue=0.04, sat=0.3, val=0.3),
+                  width=int(rng.uniform(0.2, 0.3) * big), joint="curve")
+        arr = np.asarray(_down(img), dtype=np.float32) + rng.normal(0, 4, (SIZE, SIZE, 1))
+        images.append(np.clip(arr, 0, 255).astype(np.uint8))
+    return np.stack(images), [{} for _ in labels]
 
 
-def _renamed(base: str, name: str, classnames: Sequence[str], templates: Sequence[str],
-             render: Renderer | None = None) -> Domain:
-    """A stream-only domain: `base`'s kind of image (drawn from its own random stream) under a vocabulary that
-    no pre-training caption uses -- as MTIL's fine-grained datasets name classes web captions rarely do. The
-    frozen features separate its classes; zero-shot CLIP cannot name them; adapters learn the naming."""
-    assert len(classnames) == len(DOMAINS[base].classnames)
-    return Domain(name, tuple(classnames), tuple(templates), (), render or DOMAINS[base].render)
+def _partly_named(base: str, name: str, renamed: Mapping[str, str], templates: Sequence[str],
+                  render: Renderer | None = None) -> Domain:
+    """A stream-only domain: `base`'s classes (its kind of image, or `render`'s look of it, from its own random
+    stream) where the classes in `renamed` go by a word that no pre-training caption uses and the others keep the
+    name the captions taught. Zero-shot CLIP names the known half and guesses the rest -- partly known, as a real
+    CLIP is on each MTIL dataset; the frozen features separate every class, so there is room to learn."""
+    classes = DOMAINS[base].classnames
+    unknown = set(renamed) - set(classes)
+    assert not unknown, unknown
+    return Domain(name, tuple(renamed.get(c, c) for c in classes), tuple(templates), (),
+                  render or DOMAINS[base].render, base)
 
 
+# Stream domains that rename complementary halves of one base's classes: the words one renames are words another
+# keeps (Pigments renames red, ...; Gems and Inks keep them; Loupe renames brick wall, gravel, coins and starry sky,
+# which Specimens keeps). A model that learns one domain's new names for a colour or a texture can unlearn the old
+# names a later domain is asked with: the Transfer that continual fine-tuning loses and zero-shot keeps. Partner
+# domains differ in look (swatch / stone on cloth / brush stroke on paper; texture crop / round window on cloth), so
+# a task selector can tell an unseen domain from its learned partner.
 DOMAINS.update({d.name: d for d in [
-    _renamed("Colors", "Pigments", ("vermilion", "tangerine", "saffron", "viridian", "cerulean", "ultramarine",
-                                    "aubergine", "fuchsia", "umber", "pewter"),
-             ("a swatch of {} pigment.", "the pigment {}.", "a patch painted {}.")),
-    _renamed("Colors", "Gems", ("ruby", "carnelian", "citrine", "emerald", "aquamarine", "sapphire", "amethyst",
-                                "rhodonite", "jasper", "hematite"),
-             ("a polished {} gemstone.", "a {} gem.", "a cut {} stone."), render=_gems),
-    _renamed("Patterns", "Textiles", ("breton", "pinstripe", "twill", "gingham", "foulard", "bullseye",
-                                      "tattersall", "chevron"),
-             ("a {} textile.", "fabric woven in {}.", "a close-up of {} cloth.")),
-    _renamed("Textures", "Specimens", ("masonry", "turf", "scree", "regolith", "numismatics", "manuscript",
-                                       "nebula", "histology"),
-             ("a {} specimen.", "a sample of {}.", "a close-up photo of {}.")),
+    _partly_named("Colors", "Pigments", {"red": "vermilion", "yellow": "saffron", "cyan": "cerulean",
+                                         "purple": "aubergine", "brown": "umber"},
+                  ("a swatch of {} pigment.", "the pigment {}.", "a patch painted {}.")),
+    _partly_named("Colors", "Gems", {"orange": "carnelian", "green": "emerald", "blue": "sapphire",
+                                     "pink": "rhodonite", "gray": "hematite"},
+                  ("a polished {} gemstone.", "a {} gem.", "a cut {} stone."), render=_cut_out(_colors, "stone")),
+    _partly_named("Colors", "Inks", {"orange": "tangerine", "green": "viridian", "blue": "ultramarine",
+                                     "pink": "fuchsia", "gray": "pewter"},
+                  ("a drawing in {}.", "a photo of something {}.", "the colour {}."), render=_inks),
+    _partly_named("Textures", "Specimens", {"grass": "turf", "moon surface": "regolith", "handwriting": "manuscript",
+                                            "stained cells": "histology"},
+                  ("a {} specimen.", "a sample of {}.", "a close-up photo of {}.")),
+    _partly_named("Textures", "Loupe", {"brick wall": "masonry", "gravel": "scree", "coins": "numismatics",
+                                        "starry sky": "nebula"},
+                  ("a close-up photo of {}.", "a sample of {}.", "a crop of a photo showing {}."),
+                  render=_cut_out(_textures, "disc")),
+    _partly_named("Patterns", "Textiles", {"vertical stripes": "pinstripe", "diagonal stripes": "twill",
+                                           "polka dots": "foulard", "grid": "tattersall"},
+                  ("a {} textile.", "fabric woven in {}.", "a close-up of {} cloth.")),
 ]})
 
 

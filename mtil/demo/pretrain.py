@@ -41,7 +41,8 @@ from . import stream
 
 log = logging.getLogger(__name__)
 
-ASSETS_VERSION = 2  # bump when the data or the pre-training recipe changes, so cached assets are rebuilt
+ASSETS_VERSION = 2  # bump when the pre-training recipe or its mixture changes (the packaged backbone's stamp)
+DATA_VERSION = 3    # bump when the task stream's images or class names change, so cached streams are rebuilt
 PACKAGED = Path(__file__).resolve().parent / "assets" / "demo-backbone.pt"
 PACKAGE_FORMAT = 1
 MAX_LOGIT_SCALE = math.log(100)
@@ -249,7 +250,7 @@ def mixture_sizes(cfg: Mapping) -> dict[str, int]:
 
 
 def _data_key(cfg: Mapping, seed: int) -> dict:
-    return {"version": ASSETS_VERSION, "seed": int(seed), "domains": list(cfg["domains"]),
+    return {"version": DATA_VERSION, "seed": int(seed), "domains": list(cfg["domains"]),
             "train_per_class": int(cfg["train_per_class"]), "test_per_class": int(cfg["test_per_class"])}
 
 

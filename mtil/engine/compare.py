@@ -63,20 +63,30 @@ def variants(methods: list[str], policies: list[str]) -> list[tuple[str, list[st
 def run_grid(config_path, overrides: list[str], policies: list[str], seeds: list[int],
              out: Path, methods: list[str] = ("moe",)) -> tuple[list[Path], list[Path]]:
     """Run every cell not yet finished; returns (cells, cells reused as already finished with this config)."""
-    from ..demo.pretrain import resolve_demo_assets
     plan = []
     for name, chosen in variants(list(methods), policies):
         for seed in seeds:
             cell = out / f"{name}-seed{seed}"
             cfg = config.load(config_path, [*overrides, *chosen, f"seed={seed}", "output.plots=false"])
-            resolve_demo_assets(cfg)   # before its record: the demo's data and backbone are facts from the cache
-            status = cell_status(cell)
-            if status != "new":
-                diff = provenance.differences(_recorded(cell, status), provenance.record(cfg))
-                if diff:
-                    raise MtilError(f"cell {cell} was run with another config, backbone or data "
-                                    f"({provenance.summary(diff)}); give a new --out for this grid")
-            plan.append((cell, cfg, status))
+            plan.append((cell, cfg, planned_status(cell, cfg)))
+    return [cell for cell, _, _ in plan], run_plan(plan)
+
+
+def planned_status(cell: Path, cfg) -> str:
+    """`cell_status` of a cell that is to hold a run of `cfg`; an error when it holds a run of anything else."""
+    from ..demo.pretrain import resolve_demo_assets
+    resolve_demo_assets(cfg)   # before its record: the demo's data and backbone are facts from the cache
+    status = cell_status(cell)
+    if status != "new":
+        diff = provenance.differences(_recorded(cell, status), provenance.record(cfg))
+        if diff:
+            raise MtilError(f"cell {cell} was run with another config, backbone or data "
+                            f"({provenance.summary(diff)}); give a new --out for this grid")
+    return status
+
+
+def run_plan(plan: list[tuple[Path, dict, str]]) -> list[Path]:
+    """Run the (cell, config, status) plan's unfinished cells in order; returns the cells reused as finished."""
     reused = []
     for cell, cfg, status in plan:
         if status == "done":
@@ -85,7 +95,7 @@ def run_grid(config_path, overrides: list[str], policies: list[str], seeds: list
             continue
         log.info("%s: %s", cell.name, "resuming" if status == "partial" else "starting")
         run(cfg, cell, resume=status == "partial")
-    return [cell for cell, _, _ in plan], reused
+    return reused
 
 
 def summarize_grid(cells: list[Path], out: Path) -> dict:

@@ -110,6 +110,7 @@ class Trainer:
                 continue
             ctx.step += 1
             ctx.global_step += 1
+            ctx.loss = value
             method.after_step(ctx)
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
             if s.log_every and ctx.step % s.log_every == 0:

@@ -10,6 +10,7 @@ matplotlib state touched), so the library is safe to call from servers, tests an
   event_timeline(run)              merge / grow / freeze events over global steps, one row per layer
   training_curves(run)             the TensorBoard curves (loss, lr, expert entropy, events, accuracy rows), still
   compare_policies(by_policy)      per-dataset Last and Transfer / Avg / Last, mean ± std over seeds, per policy
+  paired_differences(pairs)        per-seed differences of paired groups with bootstrap intervals (report --paired)
 
 `plot_run(run_dir)` writes the run figures into RUN_DIR/figures (atomically), skipping, with a log line, those the
 run has no data for. `run` arguments accept a `RunRecord` or a run directory path.
@@ -18,7 +19,7 @@ Modules: `experts` (the first two), `matrix`, `router`, `events`, `curves`, `com
 folder) and `common` (what they share: `MissingData`, panels, heatmaps, task boundaries, `save_figure`).
 """
 from .common import PANEL, MissingData, panel_axes, save_figure
-from .compare import compare_policies
+from .compare import compare_policies, paired_differences
 from .curves import training_curves
 from .events import ACTION_STYLE, event_timeline
 from .experts import fixed_expert_heatmap, usage_heatmap
@@ -28,6 +29,6 @@ from .write import FIGURES, plot_run, write_run_figures
 
 __all__ = [
     "ACTION_STYLE", "DEFAULT_LAYER", "FIGURES", "PANEL", "MissingData", "accuracy_matrix", "compare_policies",
-    "default_layer", "event_timeline", "fixed_expert_heatmap", "panel_axes", "plot_run", "router_weights",
-    "save_figure", "training_curves", "usage_heatmap", "write_run_figures",
+    "default_layer", "event_timeline", "fixed_expert_heatmap", "paired_differences", "panel_axes", "plot_run",
+    "router_weights", "save_figure", "training_curves", "usage_heatmap", "write_run_figures",
 ]

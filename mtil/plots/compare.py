@@ -73,3 +73,33 @@ def compare_policies(results_by_policy: dict[str, list[dict]]) -> Figure:
     fig.suptitle("Methods and policies compared (mean ± std over seeds)", fontsize=11)
     fig.legend(loc="outside lower center", fontsize=8.5, frameon=False, ncols=min(len(names), 6))
     return fig
+
+
+def paired_differences(pairs: list[dict], metrics: tuple = ("transfer", "avg", "last", "forgetting"),
+                       title: str | None = None) -> Figure:
+    """Paired differences A - B (`report.paired_differences` results), one panel per metric: each pair a row, its
+    per-seed differences as dots, their mean with the bootstrap interval as a bar; zero marked."""
+    if not pairs:
+        raise MtilError("no paired differences to draw; give --paired A B")
+    names = {"transfer": "Transfer", "avg": "Avg", "last": "Last", "bwt": "BWT", "forgetting": "Forgetting"}
+    fig = new_figure(3.0 * len(metrics) + 1.5, 1.2 + 0.45 * len(pairs))
+    axes = [mark_panel(fig.add_subplot(1, len(metrics), i + 1), names.get(m, m)) for i, m in enumerate(metrics)]
+    y = np.arange(len(pairs))[::-1]
+    for ax, metric in zip(axes, metrics):
+        for row, p in zip(y, pairs):
+            r = next(r for r in p["rows"] if r["metric"] == metric)
+            if r["diff_mean"] is None:
+                continue
+            diffs = [d for d in r["diffs"] if d is not None]
+            ax.plot(diffs, [row] * len(diffs), "o", color="0.6", markersize=3, zorder=2)
+            ax.errorbar([r["diff_mean"]], [row], xerr=[[r["diff_mean"] - r["ci_low"]], [r["ci_high"] - r["diff_mean"]]],
+                        fmt="D", color="C0", markersize=5, capsize=3, zorder=3)
+        ax.axvline(0, color="0.3", linewidth=0.8)
+        ax.set_title(f"{names.get(metric, metric)} difference (points)", fontsize=9)
+        ax.set_yticks(y, [f"{p['a']} - {p['b']}" for p in pairs] if ax is axes[0] else [""] * len(pairs),
+                      fontsize=8)
+        ax.grid(axis="x", color="0.9", linewidth=0.8)
+    p0 = pairs[0]
+    fig.suptitle(title or f"Paired differences by seed: mean with {p0['confidence'] * 100:g}% bootstrap interval "
+                          f"(diamond), each seed (dots)", fontsize=10)
+    return fig

@@ -30,11 +30,12 @@ class RunFacts:
     top_k: int                # moe.top_k
     hidden: int               # moe.hidden
     per_task_router: bool     # moe.router == per_task
+    seed: int = 0             # the run's seed (a policy's own random draws)
 
     @classmethod
     def from_config(cls, cfg) -> "RunFacts":
         return cls(len(cfg.data.order), cfg.train.iterations, cfg.moe.top_k, cfg.moe.hidden,
-                   cfg.moe.router == "per_task")
+                   cfg.moe.router == "per_task", cfg.seed)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class TrainContext:
     step: int                 # optimizer steps finished in this task
     global_step: int          # optimizer steps finished in the run
     on_slot_change: Callable[[MoEAdapter, int, bool], None] | None = None   # set by the training loop
+    loss: float | None = None  # training loss of the step just taken (set by the training loop)
 
     def slot_changed(self, layer: MoEAdapter, expert: int, router_column: bool = False) -> None:
         """Expert `expert` of `layer` (and its router columns) now holds new values: its optimizer state restarts."""

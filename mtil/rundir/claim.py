@@ -26,6 +26,10 @@ from ..errors import MtilError
 LOCK_FILE = ".mtil.lock"
 
 
+class Busy(MtilError):
+    """The folder is locked by another live process."""
+
+
 def _short(path: Path) -> str:
     text = str(path)
     return text if len(text) <= 160 else f"{text[:100]}...{text[-40:]} ({len(text)} characters)"
@@ -120,5 +124,5 @@ def _lock(handle, out: Path) -> None:
         except ValueError:
             holder = {}
         who = f"process {holder.get('pid', '?')} (mtil {holder.get('command', '?')}, since {holder.get('since', '?')})"
-        raise MtilError(f"'{_short(out)}' is being written by {who}; wait for it to finish or choose another --out") \
+        raise Busy(f"'{_short(out)}' is being written by {who}; wait for it to finish or choose another --out") \
             from None

@@ -2,6 +2,7 @@
 import copy
 import hashlib
 import json
+import re
 
 import numpy as np
 import open_clip
@@ -102,6 +103,35 @@ def test_mixture_is_disjoint_from_the_stream_and_covers_every_domain(stream):
         assert all(any(cn.lower() in c.lower() for cn in dom.classnames) for c in caps)
     again, captions2 = demo_stream.pretrain_mixture(0, {n: 60 for n in names}, names)
     assert np.array_equal(images, again) and captions == captions2
+
+
+def test_every_stream_domain_is_partly_named_and_partners_rename_complementary_halves():
+    """Each default stream domain shows a captioned domain's classes; some keep the words its pre-training captions
+    use, the others go by words no pre-training caption contains. For at least two bases, two stream domains
+    rename complementary halves (what one renames, the other is asked with), and partners draw different images."""
+    cfg = demo.default_section()
+    _, captions = demo_stream.pretrain_mixture(0, 300, cfg.pretrain.domains)
+    text = " ".join(captions).lower()
+    renamed_by = {}
+    for name in cfg.domains:
+        dom = demo.DOMAINS[name]
+        assert dom.base in cfg.pretrain.domains and not dom.captions
+        base = demo.DOMAINS[dom.base].classnames
+        renamed = {b for b, c in zip(base, dom.classnames) if b != c}
+        assert 0.3 <= len(renamed) / len(base) <= 0.7, (name, renamed)
+        for b, c in zip(base, dom.classnames):
+            read = re.search(rf"\b{re.escape(c.lower())}\b", text) is not None
+            assert read == (b == c), (name, c)   # kept words were read, new words never
+        renamed_by.setdefault(dom.base, []).append((name, renamed))
+    partnered = {base: doms for base, doms in renamed_by.items() if len(doms) >= 2}
+    assert len(partnered) >= 2
+    for base, doms in partnered.items():
+        assert any(not (r1 & r2) and len(r1 | r2) == len(demo.DOMAINS[base].classnames)
+                   for i, (_, r1) in enumerate(doms) for _, r2 in doms[i + 1:]), (base, doms)
+        images = [demo.render(n, [0] * 8, "test", 0)[0].astype(np.float32) for n, _ in doms]
+        for i, a in enumerate(images):   # same classes, another look: e.g. a swatch against a stone on dark cloth
+            for b in images[i + 1:]:
+                assert np.abs(a.mean((0, 1, 2)) - b.mean((0, 1, 2))).max() > 10
 
 
 def test_mnist_and_texture_sources_are_partitioned():
@@ -207,14 +237,26 @@ def test_packaged_backbone_is_the_default_recipe_and_is_used_without_pre_trainin
 
 
 @pytest.mark.slow
-def test_default_demo_backbone_transfers_zero_shot_to_every_domain(demo_run):
-    """The packaged backbone: domains whose class names the pre-training captions use are clearly above chance;
-    the stream-only vocabularies (Pigments, Gems, Specimens) are not: the adapters have to learn those names."""
+def test_default_demo_backbone_knows_every_stream_domain_partly(demo_run):
+    """The packaged backbone on the default stream: every domain is partly known (zero-shot above chance, as a real
+    CLIP is on each MTIL dataset) and none is solved: the frozen features leave >= 20 points to learn (a linear
+    probe on them is the ceiling, docs/demo/pilot.json)."""
     import yaml
+    from sklearn.linear_model import LogisticRegression
+
     cfg = yaml.safe_load((demo_run / "config.yaml").read_text())
-    report = pretrain.zero_shot_report(cfg["data"]["root"], cfg["model"]["pretrained"], demo.default_section().domains)
+    root, ckpt = cfg["data"]["root"], cfg["model"]["pretrained"]
+    report = pretrain.zero_shot_report(root, ckpt, demo.default_section().domains)
+    model, _, preprocess = open_clip.create_model_and_transforms("mtil-tiny", pretrained=ckpt)
+    model.eval()
+
+    def features(split):
+        ds = load_split(root, name, split)
+        with torch.no_grad():
+            x = torch.stack([preprocess(im.convert("RGB")) for im in ds["image"]])
+            return torch.nn.functional.normalize(model.encode_image(x), dim=-1).numpy(), np.asarray(ds["label"])
     for name, r in report.items():
-        if demo.DOMAINS[name].captions:
-            assert r["accuracy"] >= 2 * r["chance"], (name, r)
-        else:
-            assert r["accuracy"] < 2.5 * r["chance"], (name, r)
+        probe = LogisticRegression(C=10.0, max_iter=5000).fit(*features("train"))
+        ceiling = 100 * probe.score(*features("test"))
+        assert r["accuracy"] >= 1.25 * r["chance"], (name, r)
+        assert ceiling >= r["accuracy"] + 20, (name, r, ceiling)

@@ -1,0 +1,1 @@
+"""Studies over many mtil runs that answer one question each (`mtil study NAME`): `merge`."""
