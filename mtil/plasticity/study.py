@@ -435,6 +435,17 @@ def table_markdown(summary: dict, chunks: int) -> str:
     parts.append("Active MLP parameters during chunk c:\n\n" + "\n".join([head, rule, *rows]))
     diag = [s for s in summary.values() if "dead" in s]
     if diag:
+        rows = [f"| {s['label']} | " + " | ".join(f"{r:.0f}" for r in s["eff_rank_mean"]) + " |" for s in diag]
+        means = f"; mean over seeds {seeds}" if len(seeds) > 1 else over
+        parts.append(f"Effective rank of h2 on the probe batch at the end of chunk c{means}:\n\n"
+                     + "\n".join([head, rule, *rows]))
+        rows = []
+        for s in diag:
+            worst = [max(s["dead"], key=lambda layer: s["dead"][layer]["mean"][c]) for c in range(chunks)]
+            rows.append(f"| {s['label']} | " + " | ".join(f"{100 * s['dead'][layer]['mean'][c]:.0f} ({layer})"
+                                                          for c, layer in enumerate(worst)) + " |")
+        parts.append(f"Dead ReLU units (%) at the end of chunk c, the largest share over MLP layers (the layer in "
+                     f"brackets){means}:\n\n" + "\n".join([head, rule, *rows]))
         layers = list(dict.fromkeys(layer for s in diag for layer in s["dead"]))
         lines = ["| method | effective rank of h2 | " + " | ".join(f"dead {layer} (%)" for layer in layers) + " |",
                  "|---|---:|" + "---:|" * len(layers)]
