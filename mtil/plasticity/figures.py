@@ -32,8 +32,8 @@ def _band(ax, x, mean, std, n, **kw):
 
 
 def plot_diagnostics(summary: dict, out: Path, chunks: int, dpi: int = 150) -> list[Path]:
-    """diagnostics.png / .svg: per chunk and method, the plasticity gap, the effective rank of h2, accuracy on the
-    newest chunk, and one panel per method with its dead-unit share per MLP layer (mean ± std over seeds)."""
+    """diagnostics.png / .svg: per chunk and method, the plasticity gap (to the reset control, with its interval,
+    when the study ran one), the effective rank of h2, accuracy on the newest chunk, and one panel per method with its dead-unit share per MLP layer (mean ± std over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,13 +46,22 @@ def plot_diagnostics(summary: dict, out: Path, chunks: int, dpi: int = 150) -> l
     x = np.arange(1, chunks + 1)
     top = [("gap", "plasticity gap (points): fresh − continued", 100.0), ("eff_rank", "effective rank of h2", 1.0),
            ("acc_new", "accuracy on the newest chunk (%)", 100.0), ("acc_seen", "accuracy on chunks 1..c (%)", 100.0)]
+    if any("gap_reset" in s for s in summary.values()):
+        top[0] = ("gap_reset", "gap to the reset control (points), 95% CI", 100.0)
     for ax, (key, title, scale) in zip(axes[0], top):
-        for s in summary.values():
-            if f"{key}_mean" in s:
+        for i, s in enumerate(summary.values()):  # one colour per method in every panel
+            if key == "gap_reset" and key in s:
+                cells = s[key]
+                (line,) = ax.plot(x, [100 * c["mean"] for c in cells], marker="o", ms=3, lw=1.3, label=s["label"],
+                                  color=f"C{i}")
+                if cells[0]["lo"] is not None:
+                    ax.fill_between(x, [100 * c["lo"] for c in cells], [100 * c["hi"] for c in cells],
+                                    color=line.get_color(), alpha=0.2, lw=0)
+            elif f"{key}_mean" in s:
                 mean = [None if m is None else scale * m for m in s[f"{key}_mean"]]
                 std = [None if d is None else scale * d for d in s[f"{key}_std"]]
-                _band(ax, x, mean, std, len(s["seeds"]), label=s["label"])
-        if key == "gap":
+                _band(ax, x, mean, std, len(s["seeds"]), label=s["label"], color=f"C{i}")
+        if key in ("gap", "gap_reset"):
             ax.axhline(0, color="0.5", lw=0.8)
         ax.set_title(title, fontsize=9)
     for ax, s in zip(axes[1:].ravel(), with_dead):

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,11 @@ import torch.nn.functional as F
 from .. import config as mtil_config
 from ..errors import MtilError
 from ..metrics import mean_std
+from ..rl.compare import interval
 from ..rundir import files
 from . import methods as registry
 from .models import ConvTrunk, PlasticityNet, n_params
-from .stream import ChunkStream, noisy_labels
+from .stream import ChunkStream, noisy_labels, redraw_labels
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ def load_config(path=None, overrides=()) -> mtil_config.Config:
         raise MtilError("study.steps_per_chunk, train.batch_size and train.log_every must be positive")
     if len(cfg.model.cnn_channels) != 3:
         raise MtilError(f"model.cnn_channels must list 3 conv widths, got {cfg.model.cnn_channels}")
+    if cfg.study.stream == "pool" and (cfg.data.label_noise_draw != "per_chunk" or cfg.data.label_noise <= 0):
+        raise MtilError("study.stream=pool trains every chunk on the same examples, so only re-drawn labels make the "
+                        "chunks differ; set data.label_noise_draw=per_chunk and data.label_noise above 0")
     return cfg
 
 
@@ -209,12 +214,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@torch.no_grad()
 def gap_at(dcfg, chunk: int) -> bool:
     """Whether the plasticity gap (a fresh copy trained beside the model) is measured at `chunk` (1-based)."""
     return dcfg.gap_every > 0 and chunk % dcfg.gap_every == 0
 
 
+@torch.no_grad()
 def _evaluate(model, data: Data, labels: torch.Tensor, idx: torch.Tensor, batch_size: int) -> torch.Tensor:
     model.eval()
     correct = []
@@ -248,7 +253,8 @@ class Learner:
 
 def fresh_copy(cfg, name: str, seed: int, chunk: int, image_size: int, device: torch.device) -> PlasticityNet:
     """A freshly initialised copy of method `name`'s architecture at chunk `chunk` (grown chunk - 1 times, frozen
-    where the method freezes), from its own seed; the global RNG is left as it was."""
+    where the method freezes), from its own seed; the global RNG is left as it was. The reset control's model at
+    chunk c >= 2 is No Expansion's fresh copy at chunk c, weight for weight."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(np.random.default_rng([seed, chunk, 3]).integers(2 ** 62))
         model = build_model(name, cfg, image_size)
@@ -265,8 +271,13 @@ def run_one(cfg, name: str, seed: int, data: Data) -> dict:
     torch.manual_seed(seed)
     np.random.seed(seed)
     dcfg = cfg.diagnostics
-    stream = ChunkStream(len(data.labels), cfg.study.chunks, seed, cfg.data.max_examples, dcfg.probe_size)
-    labels = noisy_labels(data.labels.cpu(), cfg.data.label_noise, cfg.data.num_classes, seed).to(device)
+    stream = ChunkStream(len(data.labels), cfg.study.chunks, seed, cfg.data.max_examples, dcfg.probe_size,
+                         pool=cfg.study.stream == "pool")
+    per_chunk = cfg.data.label_noise_draw == "per_chunk"
+    if per_chunk:
+        noise_rng = random.Random(f"{seed}-label-noise")
+    else:
+        labels = noisy_labels(data.labels.cpu(), cfg.data.label_noise, cfg.data.num_classes, seed).to(device)
     probe_x = (data.images[stream.probe.to(device)].float() - data.mean) / data.std
     sampler = torch.Generator().manual_seed(seed + 7919)
     eval_rng = np.random.default_rng([seed, 2])
@@ -282,7 +293,12 @@ def run_one(cfg, name: str, seed: int, data: Data) -> dict:
                disable=None if log.isEnabledFor(logging.INFO) else True)
     opt, step, start, cpu_start = None, 0, time.time(), time.process_time()
     for c in range(1, cfg.study.chunks + 1):
-        if c > 1:
+        if per_chunk:  # this chunk's labels of every example trained on, retained ones included
+            labels = redraw_labels(data.labels.cpu(), stream.seen(c), cfg.data.label_noise, cfg.data.num_classes,
+                                   noise_rng).to(device)
+        if c > 1 and model.mlp.reinit:
+            model = fresh_copy(cfg, name, seed, c, size, device)
+        elif c > 1:
             model.mlp.grow()
             model.mlp.to(device)
         learner = Learner(model, tcfg, device, old=opt)
@@ -366,6 +382,10 @@ def summarize(records: dict, methods: list[str], seeds: list[int]) -> dict:
                                                                 ("train_acc", [r["train_acc"] for r in runs])]:
             if any(v is not None for run in values for v in run):
                 entry[f"{key}_mean"], entry[f"{key}_std"] = _bands(values)
+        entry["acc_new_ci"] = [interval(v) for v in zip(*per_chunk("acc_new"))]
+        if "reset" in methods and m != "reset":  # gap to a fresh copy every chunk, paired by seed
+            reset = [[ch["acc_new"] for ch in records[("reset", s)]["chunks"]] for s in seeds]
+            entry["gap_reset"] = [interval(np.subtract(r, a)) for r, a in zip(zip(*reset), zip(*per_chunk("acc_new")))]
         layers = list(runs[0]["chunks"][0].get("dead", {}))
         if layers:
             entry["dead"] = {}
@@ -380,6 +400,11 @@ def _cell(m, sd, n, scale=100.0, digits=1) -> str:
     if m is None:
         return "–"
     return f"{scale * m:.{digits}f}" + (f" ± {scale * sd:.{digits}f}" if n > 1 else "")
+
+
+def _interval(cell: dict) -> str:
+    text = f"{100 * cell['mean']:.1f}"
+    return text if cell["lo"] is None else f"{text} [{100 * cell['lo']:.1f}, {100 * cell['hi']:.1f}]"
 
 
 def table_markdown(summary: dict, chunks: int) -> str:
@@ -398,10 +423,29 @@ def table_markdown(summary: dict, chunks: int) -> str:
                 for s in summary.values() if f"{key}_mean" in s]
         if rows:
             parts.append(f"{title}{over}:\n\n" + "\n".join([head, rule, *rows]))
+    for key, title in (("acc_new_ci", "Accuracy (%) on chunk c's data (with chunk c's labels) at the end of chunk c"),
+                       ("gap_reset", "Gap to the reset control (points): the reset control's accuracy on chunk c minus "
+                                     "the method's, per seed")):
+        rows = [f"| {s['label']} | " + " | ".join(_interval(cell) for cell in s[key]) + " |"
+                for s in summary.values() if key in s]
+        if rows:
+            parts.append(f"{title}; mean [95% bootstrap interval] over seeds {seeds}:\n\n"
+                         + "\n".join([head, rule, *rows]))
     rows = [f"| {s['label']} | " + " | ".join(f"{p:,}" for p in s["mlp_active_params"]) + " |" for s in summary.values()]
     parts.append("Active MLP parameters during chunk c:\n\n" + "\n".join([head, rule, *rows]))
     diag = [s for s in summary.values() if "dead" in s]
     if diag:
+        rows = [f"| {s['label']} | " + " | ".join(f"{r:.0f}" for r in s["eff_rank_mean"]) + " |" for s in diag]
+        means = f"; mean over seeds {seeds}" if len(seeds) > 1 else over
+        parts.append(f"Effective rank of h2 on the probe batch at the end of chunk c{means}:\n\n"
+                     + "\n".join([head, rule, *rows]))
+        rows = []
+        for s in diag:
+            worst = [max(s["dead"], key=lambda layer: s["dead"][layer]["mean"][c]) for c in range(chunks)]
+            rows.append(f"| {s['label']} | " + " | ".join(f"{100 * s['dead'][layer]['mean'][c]:.0f} ({layer})"
+                                                          for c, layer in enumerate(worst)) + " |")
+        parts.append(f"Dead ReLU units (%) at the end of chunk c, the largest share over MLP layers (the layer in "
+                     f"brackets){means}:\n\n" + "\n".join([head, rule, *rows]))
         layers = list(dict.fromkeys(layer for s in diag for layer in s["dead"]))
         lines = ["| method | effective rank of h2 | " + " | ".join(f"dead {layer} (%)" for layer in layers) + " |",
                  "|---|---:|" + "---:|" * len(layers)]
@@ -472,7 +516,9 @@ def run_study(cfg, out: Path, methods: list[str] | None = None, seeds: list[int]
             torch.use_deterministic_algorithms(deterministic)
     summary = summarize(records, methods, seeds)
     drop = {"wall_s", "cpu_s"}
-    results = {"config": mtil_config.unwrap(cfg), "fingerprint": fp, "methods": methods, "seeds": seeds,
+    config = mtil_config.unwrap(cfg)
+    config["study"].update(methods=methods, seeds=seeds)  # what the summary covers, not the config's defaults
+    results = {"config": config, "fingerprint": fp, "methods": methods, "seeds": seeds,
                "summary": summary,
                "runs": {f"{m}-seed{s}": {k: v for k, v in records[(m, s)].items() if k not in drop}
                         for m in methods for s in seeds}}

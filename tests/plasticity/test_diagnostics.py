@@ -125,8 +125,8 @@ def test_results_hold_diagnostics_and_the_gap_leaves_training_unchanged(tmp_path
     assert "Plasticity gap" in (tmp_path / "a" / "table.md").read_text()
     assert (tmp_path / "a" / "diagnostics.png").stat().st_size > 0
     assert "Plasticity gap" not in (tmp_path / "b" / "table.md").read_text()
-    table = pilot.pilot_markdown([pilot.pilot_row(tmp_path / "a")])
-    assert table.count("\n") == 3 and "| a |" in table
+    table = pilot.pilot_markdown([pilot.load_cell(tmp_path / "a")])
+    assert "| No Expansion acc % |" in table and "| fresh copy acc % |" in table
     capsys.readouterr()
     assert pilot.main([str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.startswith("mtil: error:")

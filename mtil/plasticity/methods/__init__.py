@@ -25,6 +25,7 @@ class ExpandableMLP(nn.Module):
     """
 
     label = ""
+    reinit = False  # True: the runner replaces the whole model by a fresh one at every chunk start (the reset control)
 
     def __init__(self):
         super().__init__()
