@@ -305,7 +305,37 @@ def compare(paths, out) -> tuple[str, list[Path]]:
     files += figures.plot_curves(curve_bands(groups), grow, out,
                                  f"PPO with MoE-SimBa blocks on {env}: mean and {ci} (dashed: growth / switch)")
     files += figures.plot_specialisation(summary["groups"], out, f"Router specialisation by stage ({env}; {ci})")
+    switches = sorted({r["switch_at"] * r["steps_per_iteration"] for m in groups.values() for _, r in m
+                       if r.get("switch_at") is not None})
+    if len(switches) == 1:
+        files += figures.plot_switch(curve_bands(groups), paired_bands(groups), switches[0], out,
+                                     f"Returns around the stage switch ({env}; mean and {ci})")
     return text, files
+
+
+def paired_bands(groups, base: str = "1_expert") -> dict[str, tuple]:
+    """{label: (steps, mean, lo, hi)} of each variant's return minus the `base` variant's, per seed (seeds in
+    both), on the base's first run's steps."""
+    variants = {m[0][1].get("variant"): name for name, m in groups.items()}
+    if base not in variants:
+        return {}
+    ref = {r["seed"]: figures.series(r["curve"], "return") for _, r in groups[variants[base]]}
+    out = {}
+    for name, members in groups.items():
+        if name == variants[base]:
+            continue
+        diffs, grid = [], None
+        for _, r in members:
+            x, y = figures.series(r["curve"], "return")
+            if r["seed"] not in ref or x is None or ref[r["seed"]][0] is None:
+                continue
+            grid = ref[r["seed"]][0] if grid is None else grid
+            diffs.append(np.interp(grid, x, y) - np.interp(grid, *ref[r["seed"]]))
+        if diffs:
+            ys = np.array(diffs)
+            lo, hi = _bootstrap([ys]) if len(ys) > 1 else (None, None)
+            out[name] = (grid, ys.mean(0), lo, hi)
+    return out
 
 
 def curve_bands(groups) -> dict[str, dict]:

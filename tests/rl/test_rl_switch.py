@@ -127,6 +127,9 @@ def test_compare_pairs_the_arms_by_seed(tmp_path, capsys):
     assert one["final"]["before_switch_return"]["mean"] == pytest.approx(4.0)   # seeds 3, 4, 5 before the switch
     assert one["final"]["after_switch_return"]["values"] == pytest.approx([10.0, 20.0, 30.0])
     assert "mean return over stage 1" in (tmp_path / "cmp" / "table.md").read_text()
+    assert (tmp_path / "cmp" / "switch.png").exists()
+    grid, mean, lo, hi = compare.paired_bands(compare.group_runs([tmp_path])[1])["fresh network"]
+    np.testing.assert_allclose(mean, np.where(grid > 500, 2.0, 0.0))   # seed-paired: 0 before the switch, +2 after
 
 
 TINY = ["ppo.total_steps=2048", "ppo.num_envs=16", "ppo.num_steps=16", "ppo.minibatches=2", "ppo.epochs=2",
