@@ -139,6 +139,7 @@ TINY = ["ppo.total_steps=2048", "ppo.num_envs=16", "ppo.num_steps=16", "ppo.mini
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)   # five runs' XLA compilations; about 15 min wall on the shared 2-core machine
 def test_switch_arms_end_to_end(tmp_path, monkeypatch):
     """The continued run trains on stage 0 then stage 1; the arms start from its snapshot; the zero-output
     grow run acts exactly as the continued one in its first iteration after the switch; the fresh network
