@@ -394,6 +394,17 @@ class Run:
             self._save(state, complete=True)
         return self.results(complete)
 
+    def measure(self) -> list[Path]:
+        """trace.json and specialisation.json of the state in checkpoint.npz (a complete run writes them itself;
+        this measures a run stopped with --stop-after, e.g. the switch study's arms a few iterations after the
+        switch)."""
+        if not (self.out / "checkpoint.npz").exists():
+            raise MtilError(f"--measure: {self.out} has no checkpoint.npz; run it first")
+        state = self._read_state(self.out / "checkpoint.npz", "measure a run of this config",
+                                 self.provenance["config_sha256"])
+        return [write_json(self.out / "trace.json", self.trace(state)),
+                write_json(self.out / "specialisation.json", self.measure_specialisation(state))]
+
     def _log_point(self, it: int, window: list[dict], seconds: float):
         eps = np.array([m["episodes"] for m in window], dtype=float)
 

@@ -171,5 +171,8 @@ def test_switch_arms_end_to_end(tmp_path, monkeypatch):
     part = tmp_path / "part"
     assert main(["rl", "rl/minatar_switch_fresh.yaml", "--out", str(part), *sets, "--start-from", str(one),
                  "--stop-after", "6"]) == 0
+    assert not (part / "specialisation.json").exists()
+    assert main(["rl", "--out", str(part), "--measure"]) == 0          # the statistic of a stopped run
+    assert all(n > 0 for n in json.loads((part / "specialisation.json").read_text())["steps"])
     assert main(["rl", "--out", str(part), "--resume"]) == 0
     assert json.loads((part / "results.json").read_text())["curve"] == runs["fresh"]["curve"]
