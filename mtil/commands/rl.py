@@ -53,15 +53,16 @@ def _compilation_cache():
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def _check_same_config(out: Path, cfg) -> None:
-    """--resume continues the run of out/config.yaml: any other value (a changed lr, seed, ...) is refused."""
+def _check_same_config(out: Path, cfg, free=()) -> None:
+    """--resume continues the run of out/config.yaml: any other value (a changed lr, seed, ...) is refused
+    (except keys under the prefixes in `free`)."""
     from .. import config, provenance, rundir
     if not (out / "config.yaml").is_file():
         raise MtilError(f"--resume: {out} has no config.yaml, so its checkpoint cannot be checked against this "
                         "config; start a new --out")
     saved, now = config.flatten(rundir.read_config(out)), config.flatten(config.unwrap(cfg))
     diffs = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(saved) | set(now))
-             if saved.get(k) != now.get(k)]
+             if saved.get(k) != now.get(k) and not k.startswith(tuple(free))]
     if diffs:
         raise MtilError(f"cannot resume {out}: it was started with another config ({provenance.summary(diffs)}); "
                         f"resume it with its own (`mtil rl --resume --out {out}`) or start a new --out")
@@ -91,7 +92,7 @@ def execute(args) -> int:
     if args.measure:
         if out is None or not (out / "config.yaml").exists():
             raise MtilError("--measure needs --out naming a `mtil rl` run directory")
-        _check_same_config(out, cfg)
+        _check_same_config(out, cfg, free=("trace.", "specialisation."))   # they act only after training
         files = train.Run(cfg, out).measure()
         print("wrote: " + ", ".join(str(f) for f in files))
         return 0

@@ -400,8 +400,8 @@ class Run:
         switch)."""
         if not (self.out / "checkpoint.npz").exists():
             raise MtilError(f"--measure: {self.out} has no checkpoint.npz; run it first")
-        state = self._read_state(self.out / "checkpoint.npz", "measure a run of this config",
-                                 self.provenance["config_sha256"])
+        # the config may differ from the run's in trace.* / specialisation.* (`mtil rl --measure` checks the rest)
+        state = self._read_state(self.out / "checkpoint.npz", "measure a run of this config")
         return [write_json(self.out / "trace.json", self.trace(state)),
                 write_json(self.out / "specialisation.json", self.measure_specialisation(state))]
 
