@@ -26,6 +26,9 @@ def add_arguments(p) -> None:
                    "moe.experts_end, e.g. the 1-expert run from the grow run of its seed): bit-identical, cheaper")
     p.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="stop (with a checkpoint) after iteration N; --resume continues")
+    p.add_argument("--measure", action="store_true",
+                   help="with --out: write trace.json and specialisation.json from the run's last checkpoint (for a "
+                   "run stopped with --stop-after)")
     p.add_argument("--compare", nargs="+", default=None, metavar="RUN_DIR",
                    help="compare run directories (or folders holding them) instead of training")
 
@@ -50,15 +53,16 @@ def _compilation_cache():
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def _check_same_config(out: Path, cfg) -> None:
-    """--resume continues the run of out/config.yaml: any other value (a changed lr, seed, ...) is refused."""
+def _check_same_config(out: Path, cfg, free=()) -> None:
+    """--resume continues the run of out/config.yaml: any other value (a changed lr, seed, ...) is refused
+    (except keys under the prefixes in `free`)."""
     from .. import config, provenance, rundir
     if not (out / "config.yaml").is_file():
         raise MtilError(f"--resume: {out} has no config.yaml, so its checkpoint cannot be checked against this "
                         "config; start a new --out")
     saved, now = config.flatten(rundir.read_config(out)), config.flatten(config.unwrap(cfg))
     diffs = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(saved) | set(now))
-             if saved.get(k) != now.get(k)]
+             if saved.get(k) != now.get(k) and not k.startswith(tuple(free))]
     if diffs:
         raise MtilError(f"cannot resume {out}: it was started with another config ({provenance.summary(diffs)}); "
                         f"resume it with its own (`mtil rl --resume --out {out}`) or start a new --out")
@@ -81,10 +85,17 @@ def execute(args) -> int:
     out = Path(args.out) if args.out else None
     path = args.config
     if path is None:
-        if not (args.resume and out is not None and (out / "config.yaml").exists()):
+        if not ((args.resume or args.measure) and out is not None and (out / "config.yaml").exists()):
             raise MtilError("give a config (e.g. rl/minatar_grow.yaml), or --resume with the --out of a run")
         path = out / "config.yaml"
     cfg = train.load_config(path, args.overrides)
+    if args.measure:
+        if out is None or not (out / "config.yaml").exists():
+            raise MtilError("--measure needs --out naming a `mtil rl` run directory")
+        _check_same_config(out, cfg, free=("trace.", "specialisation."))   # they act only after training
+        files = train.Run(cfg, out).measure()
+        print("wrote: " + ", ".join(str(f) for f in files))
+        return 0
     if out is None:
         out = Path("runs/rl") / Path(args.config).stem
     held = claim(out, args.resume, command="rl")   # not a file, not the user's folder, one writer at a time

@@ -29,15 +29,21 @@ CONFIDENCE = 0.95
 # (recomputed from the curve, figures.finals)
 FINALS = (("final_return", "final return"), ("final_return_stage0", "stage-0 return"),
           ("final_return_stage1", "stage-1 return"), ("final_reached_stage1", "episodes reaching stage 1"))
+# runs with a stage switch by step (env.switch_step) add: the return of the last `final_window` curve points
+# before the switch (stage 0), and the mean return over every curve point after it (how fast stage 1 is learnt)
+SWITCH_FINALS = (("before_switch_return", "stage-0 return before the switch"),
+                 ("after_switch_return", "mean return over stage 1"))
 # config keys a comparison may vary besides the seed: the variant, and bookkeeping that does not act on training
-VARIANT_KEYS = ("label", "net.block", "moe.")
+VARIANT_KEYS = ("label", "net.block", "moe.", "train.reset_at_switch")
 BOOKKEEPING = ("seed", "train.checkpoint_every", "train.keep_snapshots", "trace.", "specialisation.")
-ORDER = ("no_moe", "1_expert", "k_experts", "grow")  # row and colour order of the variants
+ORDER = ("no_moe", "1_expert", "k_experts", "grow", "grow_zero", "fresh")  # row and colour order of the variants
 # differences reported (variant minus variant, paired by seed?), when both groups are present. The grow run of a
-# seed is its 1-expert run until the growth, so that difference is taken per seed; the others share no state and
-# resample each variant's seeds independently. The last is the capacity gap.
-DIFFERENCES = (("grow", "1_expert", True), ("grow", "no_moe", False), ("grow", "k_experts", False),
-               ("no_moe", "1_expert", False))
+# seed is its 1-expert run until the growth, so that difference is taken per seed, as are those of the switch
+# study's arms (grow with a zero-output expert, fresh network), which share the 1-expert run's state (or, for the
+# fresh network, its seed's environments) up to the switch; the others share no state and resample each
+# variant's seeds independently. The last is the capacity gap.
+DIFFERENCES = (("grow", "1_expert", True), ("grow_zero", "1_expert", True), ("fresh", "1_expert", True),
+               ("grow", "no_moe", False), ("grow", "k_experts", False), ("no_moe", "1_expert", False))
 
 
 def interval(a, b=None) -> dict:
@@ -130,16 +136,19 @@ def _specialisation(run: Path) -> dict | None:
 def summarise(groups: dict[str, list[tuple[Path, dict]]]) -> dict:
     """Every number of the comparison: per group the final values and the specialisation statistic with
     intervals over seeds, and the differences between variants."""
-    out = {"groups": [], "differences": [],
+    switched = any(r.get("switch_at") is not None for m in groups.values() for _, r in m)
+    keys = FINALS + (SWITCH_FINALS if switched else ())
+    out = {"groups": [], "differences": [], "keys": [list(k) for k in keys],
            "bootstrap": {"method": "percentile", "resamples": RESAMPLES, "confidence": CONFIDENCE}}
     finals_of = {}
     for name, members in groups.items():
         g = {"label": name, "variant": members[0][1].get("variant"), "seeds": [r["seed"] for _, r in members],
              "incomplete": sum(not r.get("complete") for _, r in members), "final": {}, "specialisation": {},
              "inputs": {}}
-        final = [figures.finals(r["curve"], int(r.get("final_window", 10))) for _, r in members]
+        final = [{**figures.finals(r["curve"], int(r.get("final_window", 10))), **switch_finals(r)}
+                 for _, r in members]
         finals_of[name] = {}
-        for key, _ in FINALS:   # seed -> value (a group's seeds are distinct: group_runs refuses repeats)
+        for key, _ in keys:   # seed -> value (a group's seeds are distinct: group_runs refuses repeats)
             per_seed = {r["seed"]: f[key] for (_, r), f in zip(members, final) if f[key] is not None}
             vals = list(per_seed.values())
             g["final"][key] = {**interval(vals), "values": vals} if vals else None
@@ -170,7 +179,7 @@ def summarise(groups: dict[str, list[tuple[Path, dict]]]) -> dict:
         if a in by_variant and b in by_variant:
             la, lb = by_variant[a], by_variant[b]
             row = {"a": la, "b": lb, "paired": paired}
-            for key, _ in FINALS:
+            for key, _ in keys:
                 va, vb = finals_of[la][key], finals_of[lb][key]
                 common = sorted(set(va) & set(vb))
                 if paired:
@@ -179,8 +188,19 @@ def summarise(groups: dict[str, list[tuple[Path, dict]]]) -> dict:
                     row[key] = interval(list(va.values()), list(vb.values())) if va and vb else None
             out["differences"].append(row)
     out["growth"] = [growth(groups[g["label"]], groups.get(by_variant.get("1_expert"), []))
-                     for g in out["groups"] if g["variant"] == "grow"]
+                     for g in out["groups"] if g["variant"] in ("grow", "grow_zero")]
     return out
+
+
+def switch_finals(results: dict) -> dict:
+    """SWITCH_FINALS of a run with a stage switch by step (None without one)."""
+    s = results.get("switch_at")
+    if s is None:
+        return {k: None for k, _ in SWITCH_FINALS}
+    before = [p for p in results["curve"] if p["iteration"] <= s]
+    after = [p for p in results["curve"] if p["iteration"] > s]
+    return {"before_switch_return": figures.final_mean(before, "return", int(results.get("final_window", 10))),
+            "after_switch_return": figures.final_mean(after, "return", len(after)) if after else None}
 
 
 def growth(grow_runs, one_expert_runs, points: int = 5) -> dict:
@@ -224,21 +244,22 @@ def _onset_cell(cell: dict | None) -> str:
 
 
 def table(env: str, summary: dict) -> str:
+    keys = [tuple(k) for k in summary.get("keys", FINALS)]
     ci = f"mean [{round(CONFIDENCE * 100)}% bootstrap interval] over seeds"
     lines = [f"Environment: {env}. Final values: mean over the episodes that finished in each run's last "
              f"`train.final_window` curve points; {ci}.", "",
-             "| variant | seeds | " + " | ".join(name for _, name in FINALS) + " | steps until half the episodes "
-             "reach stage 1 (runs) |", "|---|---|" + "---|" * (len(FINALS) + 1)]
+             "| variant | seeds | " + " | ".join(name for _, name in keys) + " | steps until half the episodes "
+             "reach stage 1 (runs) |", "|---|---|" + "---|" * (len(keys) + 1)]
     for g in summary["groups"]:
         seeds = f"{len(g['seeds'])}" + (f" ({g['incomplete']} incomplete)" if g["incomplete"] else "")
-        lines.append(f"| {g['label']} | {seeds} | " + " | ".join(fmt(g["final"][k]) for k, _ in FINALS)
+        lines.append(f"| {g['label']} | {seeds} | " + " | ".join(fmt(g["final"][k]) for k, _ in keys)
                      + f" | {_onset_cell(g['stage1_onset'])} |")
     if summary["differences"]:
-        lines += ["", "| difference | " + " | ".join(name for _, name in FINALS) + " |",
-                  "|---|" + "---|" * len(FINALS)]
+        lines += ["", "| difference | " + " | ".join(name for _, name in keys) + " |",
+                  "|---|" + "---|" * len(keys)]
         for d in summary["differences"]:
             pairing = " (paired by seed)" if d["paired"] else ""
-            lines.append(f"| {d['a']} − {d['b']}{pairing} | " + " | ".join(fmt(d[k]) for k, _ in FINALS) + " |")
+            lines.append(f"| {d['a']} − {d['b']}{pairing} | " + " | ".join(fmt(d[k]) for k, _ in keys) + " |")
     spec = [(g, b, row) for g in summary["groups"] for b, row in g["specialisation"].items()]
     if spec:
         lines += ["", "Router specialisation: Jensen-Shannon divergence (bits) between the stage-0 and stage-1 mean "
@@ -278,12 +299,43 @@ def compare(paths, out) -> tuple[str, list[Path]]:
     files = [write_text(out / "table.md", text + "\n"),
              write_json(out / "compare.json", {"env": env, **summary,
                                                "runs": {n: [str(d) for d, _ in m] for n, m in groups.items()}})]
-    grow = sorted({g * r["steps_per_iteration"] for m in groups.values() for _, r in m for g in r["grow_at"]})
+    grow = sorted({g * r["steps_per_iteration"] for m in groups.values() for _, r in m
+                   for g in [*r["grow_at"], *([] if r.get("switch_at") is None else [r["switch_at"]])]})
     ci = f"{round(CONFIDENCE * 100)}% bootstrap interval over seeds"
     files += figures.plot_curves(curve_bands(groups), grow, out,
-                                 f"PPO with MoE-SimBa blocks on {env}: mean and {ci} (dashed: growth)")
+                                 f"PPO with MoE-SimBa blocks on {env}: mean and {ci} (dashed: growth / switch)")
     files += figures.plot_specialisation(summary["groups"], out, f"Router specialisation by stage ({env}; {ci})")
+    switches = sorted({r["switch_at"] * r["steps_per_iteration"] for m in groups.values() for _, r in m
+                       if r.get("switch_at") is not None})
+    if len(switches) == 1:
+        files += figures.plot_switch(curve_bands(groups), paired_bands(groups), switches[0], out,
+                                     f"Returns around the stage switch ({env}; mean and {ci})")
     return text, files
+
+
+def paired_bands(groups, base: str = "1_expert") -> dict[str, tuple]:
+    """{label: (steps, mean, lo, hi)} of each variant's return minus the `base` variant's, per seed (seeds in
+    both), on the base's first run's steps."""
+    variants = {m[0][1].get("variant"): name for name, m in groups.items()}
+    if base not in variants:
+        return {}
+    ref = {r["seed"]: figures.series(r["curve"], "return") for _, r in groups[variants[base]]}
+    out = {}
+    for name, members in groups.items():
+        if name == variants[base]:
+            continue
+        diffs, grid = [], None
+        for _, r in members:
+            x, y = figures.series(r["curve"], "return")
+            if r["seed"] not in ref or x is None or ref[r["seed"]][0] is None:
+                continue
+            grid = ref[r["seed"]][0] if grid is None else grid
+            diffs.append(np.interp(grid, x, y) - np.interp(grid, *ref[r["seed"]]))
+        if diffs:
+            ys = np.array(diffs)
+            lo, hi = _bootstrap([ys]) if len(ys) > 1 else (None, None)
+            out[name] = (grid, ys.mean(0), lo, hi)
+    return out
 
 
 def curve_bands(groups) -> dict[str, dict]:

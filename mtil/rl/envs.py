@@ -47,16 +47,24 @@ class TwoStageMinAtar:
     cannon share channel 0, ball and own bullets 1, trail and left-moving aliens 2, bricks and aliens 3).
     Actions: noop, left, right, fire (fire does nothing in Breakout). The episode ends when the active game
     ends or after `max_steps` steps.
+
+    `stages`: "stream" (the above), "first" (Breakout episodes, never switching), "second" (SpaceInvaders
+    episodes from the first step) or "either" (each reset draws "first" or "second" with probability 1/2; the
+    specialisation statistic's episodes when training switches the stage by step, `env.switch_step`).
     """
     actions = 4
+    STAGES = ("stream", "first", "second", "either")
 
-    def __init__(self, switch_at: int, max_steps: int, layout: str = "separate"):
+    def __init__(self, switch_at: int, max_steps: int, layout: str = "separate", stages: str = "stream"):
+        if stages not in self.STAGES:
+            raise ValueError(f"stages must be one of {self.STAGES}, got {stages!r}")
         from gymnax.environments.minatar.breakout import MinBreakout
         from gymnax.environments.minatar.space_invaders import MinSpaceInvaders
         self.games = (MinBreakout(use_minimal_action_set=False), MinSpaceInvaders(use_minimal_action_set=False))
         self.params = tuple(g.default_params for g in self.games)
         self.action_codes = jnp.array([0, 1, 3, 5])
         self.switch_at, self.max_steps, self.layout = float(switch_at), int(max_steps), layout
+        self.stages = stages
         self.obs_shape = (10, 10, 10 if layout == "separate" else 6)
 
     def _obs(self, first, second, stage):
@@ -73,7 +81,11 @@ class TwoStageMinAtar:
         k1, k2 = jax.random.split(key)
         _, first = self.games[0].reset_env(k1, self.params[0])
         _, second = self.games[1].reset_env(k2, self.params[1])
-        state = TwoStageState(first, second, jnp.int32(0), jnp.float32(0), jnp.int32(0))
+        if self.stages == "either":
+            start = jax.random.bernoulli(jax.random.fold_in(key, 3)).astype(jnp.int32)
+        else:
+            start = jnp.int32(1 if self.stages == "second" else 0)
+        state = TwoStageState(first, second, start, jnp.float32(0), jnp.int32(0))
         return self._obs(first, second, state.stage), state
 
     def step(self, key, state: TwoStageState, action):
@@ -83,7 +95,7 @@ class TwoStageMinAtar:
         _, second, r2, end2, _ = self.games[1].step_env(k2, state.second, code, self.params[1])
         in_first = state.stage == 0
         score = state.score + jnp.where(in_first, r1, 0.0)
-        switch = in_first & (score >= self.switch_at)
+        switch = in_first & (score >= self.switch_at) & (self.stages == "stream")
         stage = jnp.where(switch, 1, state.stage).astype(jnp.int32)
         first = _select(in_first, first, state.first)
         second = _select(in_first, state.second, second)
@@ -120,10 +132,10 @@ class Craftax:
         return state.player_level
 
 
-def make(env_cfg):
-    """The single environment named by `env.name`."""
+def make(env_cfg, stages: str = "stream"):
+    """The single environment named by `env.name` (`stages`: which stages a two-stage MinAtar episode plays)."""
     if env_cfg.name == "two_stage_minatar":
-        return TwoStageMinAtar(env_cfg.switch_at, env_cfg.max_steps, env_cfg.layout)
+        return TwoStageMinAtar(env_cfg.switch_at, env_cfg.max_steps, env_cfg.layout, stages)
     if env_cfg.name.startswith("Craftax"):
         try:
             return Craftax(env_cfg.name)

@@ -175,6 +175,38 @@ def plot_curves(bands: dict[str, dict], grow_steps: list[int], out: Path, title:
     return _save(fig, out, "learning_curves")
 
 
+def plot_switch(bands: dict[str, dict], diffs: dict[str, tuple], switch: int, out: Path, title: str) -> list[Path]:
+    """The switch study's figure: the return of every variant around the stage switch (top) and each variant's
+    return minus the 1-expert (continued) run's, paired by seed (bottom); the switch dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    colours = {label: f"C{c}" for c, label in enumerate(bands)}
+    for label, series in bands.items():
+        if series.get("return") is None:
+            continue
+        x, mean, lo, hi = series["return"]
+        top.plot(x, mean, color=colours[label], label=f"{label} (n={series['n']})")
+        if lo is not None:
+            top.fill_between(x, lo, hi, color=colours[label], alpha=0.2, lw=0)
+    for label, (x, mean, lo, hi) in diffs.items():
+        bottom.plot(x, mean, color=colours[label], label=f"{label} − 1 expert")
+        if lo is not None:
+            bottom.fill_between(x, lo, hi, color=colours[label], alpha=0.2, lw=0)
+    bottom.axhline(0, color="k", lw=0.6)
+    for ax in (top, bottom):
+        ax.axvline(switch, color="k", ls="--", lw=0.8)
+    top.set_ylabel("return per episode")
+    bottom.set_ylabel("return minus 1 expert\n(paired by seed)")
+    bottom.set_xlabel("environment steps (dashed: switch from Breakout to SpaceInvaders)")
+    top.legend(fontsize=8)
+    bottom.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, out, "switch")
+
+
 def plot_specialisation(groups: list[dict], out: Path, title: str) -> list[Path]:
     """Fig. 4 as a statistic: per MoE block, the stage specialisation (JS, bits) of each variant's trained
     routers and of re-drawn random routers, bars at the mean with interval whiskers. Nothing without a

@@ -3,7 +3,8 @@
 An iteration: `num_steps` vectorised env steps (actions sampled from the current policy on running-normalised
 observations), GAE, then `epochs` passes of `minibatches` shuffled minibatches of the clipped PPO loss
 (clipped value loss, advantages normalised per minibatch), each followed by a clipped Adam step at the
-learning rate lr * (1 - iteration / iterations) when annealed.
+learning rate lr * (1 - (iteration - start) / iterations) when annealed (start 0: Craftax_Baselines' one decay
+over the run; a stage switch by step may restart it, `ppo.anneal_over: stage`).
 Deviation (needed by SimBa's running normalisation, which the reference lacks): the trajectory stores the
 observations normalised with the statistics of the moment they were acted on, so the first epoch's ratio is 1.
 """
@@ -69,9 +70,10 @@ def loss(logits, values, batch: Transition, adv, targets, *, clip: float, vf_coe
     return actor_loss + vf_coef * value_loss - ent_coef * ent, (value_loss, actor_loss, ent)
 
 
-def make_iteration(net, venv, ppo_cfg, iterations: int, obs_clip: float | None = None):
+def make_iteration(net, venv, ppo_cfg, iterations: int, obs_clip: float | None = None, start: int = 0):
     """jit-able `iteration(state) -> (state, metrics)` for network `net` on vectorised env `venv`; the network
-    sees observations normalised with running statistics and clipped to +-obs_clip (None: not clipped)."""
+    sees observations normalised with running statistics and clipped to +-obs_clip (None: not clipped). The
+    annealed lr falls linearly from lr at iteration `start` to 0 at `start + iterations`."""
     c = ppo_cfg
     batch_size = c.num_envs * c.num_steps
     adam = dict(b1=0.9, b2=0.999, eps=c.adam_eps, max_norm=c.max_grad_norm)
@@ -99,7 +101,7 @@ def make_iteration(net, venv, ppo_cfg, iterations: int, obs_clip: float | None =
         (params, norm, env_state, obs, key), (traj, stats) = jax.lax.scan(env_step, carry, None, c.num_steps)
         _, last_value, _ = policy(params, nets.obs_norm_apply(norm, obs, obs_clip))
         adv, targets = gae(traj.reward, traj.value, traj.done, last_value, c.gamma, c.gae_lambda)
-        frac = 1.0 - state.iteration / iterations if c.anneal_lr else 1.0
+        frac = 1.0 - (state.iteration - start) / iterations if c.anneal_lr else 1.0
         lr = c.lr * frac
 
         def minibatch(carry, mb):
@@ -134,6 +136,7 @@ def make_iteration(net, venv, ppo_cfg, iterations: int, obs_clip: float | None =
 
         metrics = {k: per_episode(v) for k, v in stats.items() if k not in ("returned", "router")}
         metrics["episodes"] = n
+        metrics["lr"] = lr
         metrics["router"] = {k: v.mean(0) for k, v in stats["router"].items()}
         metrics.update(zip(("loss", "value_loss", "actor_loss", "entropy"), (x.mean() for x in losses)))
         new = TrainState(params, opt, norm, env_state, obs, key, state.iteration + 1)

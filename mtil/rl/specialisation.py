@@ -1,6 +1,7 @@
 """Router specialisation by stage: Fig. 4 of seed 000 as a statistic over many greedy episodes.
 
-The trained agent plays `specialisation.episodes` greedy episodes (running statistics frozen). In every MoE
+The trained agent plays `specialisation.episodes` greedy episodes (running statistics frozen), each to its end
+or `specialisation.max_steps`. In every MoE
 block the router distributions of all steps spent in stage 0 are averaged into p0, those of stage >= 1 into
 p1 (pooled over the episodes), and the block's specialisation is the Jensen-Shannon divergence JS(p0, p1) in
 bits: 0 when the router gives both stages the same mixture on average, 1 when they use disjoint experts, and
@@ -61,8 +62,9 @@ def measure(env, net, params, norm, obs_clip, key, episodes: int, max_steps: int
         k_reset, k_run = jax.random.split(k)
         obs, env_state = env.reset(k_reset)
 
-        def step(carry, k_step):
-            obs, env_state, alive, acc = carry
+        def step(carry):
+            t, obs, env_state, alive, acc = carry
+            k_step = jax.random.fold_in(k_run, t)
             raw = nets.obs_norm_apply(norm, obs[None])
             x = raw if obs_clip is None else jnp.clip(raw, -obs_clip, obs_clip)
             logits, probs = routers(params, x)
@@ -78,15 +80,16 @@ def measure(env, net, params, norm, obs_clip, key, episodes: int, max_steps: int
                 acc["random"] = {b: acc["random"][b] + one_hot[None, :, None] * p[:, 0][:, None]
                                  for b, p in rand.items()}
             obs2, env_state2, _, done, _ = env.step(k_step, env_state, jnp.argmax(logits[0]))
-            return (obs2, env_state2, alive & ~done, acc), None
+            return t + 1, obs2, env_state2, alive & ~done, acc
 
         _, probs0 = routers(params, jnp.zeros((1, *env.obs_shape)))
         acc = {"steps": jnp.zeros(2), "sq_raw": jnp.zeros(2), "sq": jnp.zeros(2), "clipped": jnp.zeros(2),
                "trained": {b: jnp.zeros((2, p.shape[-1])) for b, p in probs0.items()},
                "random": {b: jnp.zeros((random_routers, 2, p.shape[-1])) for b, p in probs0.items()}
                if random_params is not None else {}}
-        (_, _, _, acc), _ = jax.lax.scan(step, (obs, env_state, jnp.bool_(True), acc),
-                                         jax.random.split(k_run, max_steps))
+        # until the episode ends (or max_steps): under vmap the loop runs as long as the longest episode
+        *_, acc = jax.lax.while_loop(lambda c: (c[0] < max_steps) & c[3], step,
+                                     (jnp.int32(0), obs, env_state, jnp.bool_(True), acc))
         return acc
 
     per_episode = jax.device_get(jax.jit(jax.vmap(episode))(jax.random.split(k_eps, episodes)))

@@ -4,7 +4,9 @@
 
 runs `mtil rl rl/minatar_<variant>.yaml --set seed=S --out OUT/<variant>_s<S>` for every variant and seed. The
 1-expert run of a seed starts from its grow run's snapshot at the growth point (`--start-from`, bit-identical to
-running it from the start), so it waits for that grow run. Rerunning the command skips finished runs and resumes
+running it from the start), so it waits for that grow run. With `--branch-from 1_expert` (the switch study,
+`python -m mtil.rl.study rl/minatar_switch --variants 1_expert,grow,grow_zero,fresh --branch-from 1_expert`) the
+1-expert (continued) run goes first and every other arm of its seed starts from its snapshot at the switch. Rerunning the command skips finished runs and resumes
 stopped ones from their checkpoints. Each process's CPU time (user + system) is appended to OUT/cpu_times.jsonl,
 its output to OUT/logs/<run>.log. Environment (XLA_FLAGS, OMP_NUM_THREADS) and niceness are inherited.
 """
@@ -20,7 +22,9 @@ import time
 from pathlib import Path
 
 log = logging.getLogger("mtil.rl.study")
-VARIANTS = ("grow", "1_expert", "2_experts", "no_moe")
+VARIANTS = ("grow", "1_expert", "2_experts", "no_moe", "grow_zero", "fresh")
+# the run a variant starts from (--start-from), by the source variant
+BRANCHES = {"grow": ("1_expert",), "1_expert": ("grow", "grow_zero", "fresh")}
 
 
 def run_state(run: Path) -> str:
@@ -33,14 +37,16 @@ def run_state(run: Path) -> str:
     return "stopped" if (run / "checkpoint.npz").exists() else "new"
 
 
-def plan(prefix: str, variants, seeds, out: Path, overrides) -> list[dict]:
-    """Jobs in start order; a 1-expert job depends on the grow job of its seed when both are in the grid."""
+def plan(prefix: str, variants, seeds, out: Path, overrides, source: str = "grow") -> list[dict]:
+    """Jobs in start order; a job of a variant in BRANCHES[source] depends on the source job of its seed when
+    both are in the grid (default: the 1-expert job on the grow job)."""
     sets = [a for kv in overrides for a in ("--set", kv)]
     jobs = []
     for seed in seeds:
-        for v in sorted(variants, key=VARIANTS.index):
+        for v in sorted(variants, key=lambda v: (v != source, VARIANTS.index(v))):
             run = out / f"{v}_s{seed}"
-            after = out / f"grow_s{seed}" if v == "1_expert" and "grow" in variants else None
+            branched = v in BRANCHES.get(source, ()) and source in variants
+            after = out / f"{source}_s{seed}" if branched else None
             jobs.append({"name": run.name, "run": run, "after": after,
                          "cmd": [sys.executable, "-m", "mtil", "rl", f"{prefix}_{v}.yaml", "--out", str(run),
                                  *sets, "--set", f"seed={seed}"]})
@@ -100,6 +106,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--out", required=True)
     p.add_argument("--jobs", type=int, default=2, help="processes at a time")
+    p.add_argument("--branch-from", default="grow", choices=sorted(BRANCHES),
+                   help="the variant whose snapshot the others of its seed start from (see BRANCHES)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -108,7 +116,8 @@ def main(argv=None) -> int:
     if unknown or args.jobs < 1:
         p.error(f"variants must be among {', '.join(VARIANTS)} and --jobs >= 1")
     out = Path(args.out)
-    jobs = plan(args.prefix, variants, [int(s) for s in args.seeds.split(",")], out, args.overrides)
+    jobs = plan(args.prefix, variants, [int(s) for s in args.seeds.split(",")], out, args.overrides,
+                args.branch_from)
     return 1 if execute(jobs, out, args.jobs) else 0
 
 

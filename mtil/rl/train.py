@@ -17,6 +17,14 @@ growth point: it continues the 1-expert run's state, as the paper's grow run con
 `--start-from RUN` uses that: a run whose config equals RUN's up to `moe.experts_end` (and keys that act only
 after training) starts from RUN's snapshot at its growth point instead of recomputing the shared part; the
 result is bit-identical to running it from the start (tested).
+
+Stage switch by step (`env.switch_step` T, two-stage MinAtar): training sees Breakout episodes only until the
+iteration nearest T and SpaceInvaders episodes only after it (every environment is reset there, with a key
+that does not depend on the arm); growths then happen at and after the switch, not evenly over the run. At the
+switch the run keeps `snapshot-<iteration>.npz` and may restart its network (`train.reset_at_switch`: the
+fresh-network control) and its lr decay (`ppo.anneal_over: stage`). The arms of the switch study (1 expert
+continued, grow, grow with a zero-output expert, fresh network) differ only from the switch on, so each can
+`--start-from` the continued run's snapshot.
 """
 from __future__ import annotations
 
@@ -41,8 +49,9 @@ SCHEMA = "rl/base.yaml"
 TRACE_LAYER = "critic.block0"
 # keys that do not act on the computation up to the end of training (or only through experts_end's growths),
 # ignored when deciding whether a run may --start-from another
-START_FROM_IGNORED = ("label", "moe.experts_end", "moe.match_experts", "train.checkpoint_every",
-                      "train.keep_snapshots", "train.final_window", "trace.", "specialisation.")
+START_FROM_IGNORED = ("label", "moe.experts_end", "moe.match_experts", "moe.grow_init", "train.checkpoint_every",
+                      "train.keep_snapshots", "train.reset_at_switch", "train.final_window", "trace.",
+                      "specialisation.")
 
 
 def load_config(path, overrides=()) -> mtil_config.Config:
@@ -57,35 +66,65 @@ def load_config(path, overrides=()) -> mtil_config.Config:
     if cfg.net.block == "moe" and cfg.moe.experts_end < cfg.moe.experts_start:
         raise MtilError(f"moe.experts_end ({cfg.moe.experts_end}) must be >= moe.experts_start "
                         f"({cfg.moe.experts_start})")
+    if cfg.env.switch_step is not None:
+        if cfg.env.name != "two_stage_minatar":
+            raise MtilError(f"env.switch_step needs env.name two_stage_minatar (got {cfg.env.name}); set "
+                            f"env.switch_step: null")
+        s, n = switch_iteration(cfg), iterations(cfg)
+        if not 1 <= s < n:
+            raise MtilError(f"env.switch_step ({cfg.env.switch_step}) falls at iteration {s} of {n}; choose a step "
+                            f"inside the run (between one iteration and ppo.total_steps)")
+    elif cfg.train.reset_at_switch or cfg.ppo.anneal_over == "stage":
+        raise MtilError("train.reset_at_switch and ppo.anneal_over: stage act at a stage switch; set "
+                        "env.switch_step")
     return cfg
 
 
 def variant(cfg) -> str:
-    """The study's variant of a config: no_moe, 1_expert, k_experts or grow."""
+    """The study's variant of a config: no_moe, 1_expert, k_experts, grow, grow_zero (zero-output new
+    experts) or fresh (network restarted at the stage switch)."""
+    if cfg.train.reset_at_switch:
+        return "fresh"
     if cfg.net.block == "dense":
         return "no_moe"
     s, e = cfg.moe.experts_start, cfg.moe.experts_end
-    return "grow" if s != e else ("1_expert" if s == 1 else "k_experts")
+    if s != e:
+        return "grow_zero" if cfg.moe.grow_init == "zero_output" else "grow"
+    return "1_expert" if s == 1 else "k_experts"
 
 
 def label(cfg) -> str:
     if cfg.label:
         return cfg.label
+    if cfg.train.reset_at_switch:
+        return "fresh network"
     if cfg.net.block == "dense":
         return "No MoE"
     s, e = cfg.moe.experts_start, cfg.moe.experts_end
-    return f"1-to-{e} grow" if s != e else ("1 expert" if s == 1 else f"{s} experts")
+    if s != e:
+        return f"1-to-{e} grow" + (" (zero output)" if cfg.moe.grow_init == "zero_output" else "")
+    return "1 expert" if s == 1 else f"{s} experts"
 
 
 def iterations(cfg) -> int:
     return int(cfg.ppo.total_steps // (cfg.ppo.num_envs * cfg.ppo.num_steps))
 
 
+def switch_iteration(cfg) -> int | None:
+    """The iteration before which a stage switch by step happens (None: stages within episodes)."""
+    if cfg.env.switch_step is None:
+        return None
+    return round(cfg.env.switch_step / (cfg.ppo.num_envs * cfg.ppo.num_steps))
+
+
 def grow_points(cfg) -> list[int]:
-    """Iterations before which one expert is added to every MoE block."""
+    """Iterations before which one expert is added to every MoE block: evenly spaced over the run, or with a
+    stage switch by step, the first at the switch and the rest evenly spaced over the iterations after it."""
     if cfg.net.block != "moe":
         return []
-    g, n = cfg.moe.experts_end - cfg.moe.experts_start, iterations(cfg)
+    g, n, s = cfg.moe.experts_end - cfg.moe.experts_start, iterations(cfg), switch_iteration(cfg)
+    if s is not None:
+        return [s + round(j * (n - s) / g) for j in range(g)]
     return [round(j * n / (g + 1)) for j in range(1, g + 1)]
 
 
@@ -98,6 +137,30 @@ def shared_computation(cfg) -> dict:
     if cfg.net.block == "moe":
         flat["expert_hidden"] = nets.build(cfg.net, cfg.moe, 1, 1).expert_hidden
     return flat
+
+
+def zero_output_expert(params):
+    """Grown `params` with the newest expert of every MoE block made function-preserving: its output layer
+    (w2, b2) zero, its router entry a copy of the previous expert's, whose output layer is doubled. From one
+    expert the two router weights are then equal (1/2) for every input, so the block computes what it did
+    before the growth; the new expert's first layer keeps its fresh init, so gradients reach its output layer
+    at once."""
+    def fix(moe):
+        moe = dict(moe)
+        router = dict(moe["router"])
+        router["kernel"] = router["kernel"].at[:, -1].set(router["kernel"][:, -2])
+        router["bias"] = router["bias"].at[-1].set(router["bias"][-2])
+        moe["router"] = router
+        for k in ("w2", "b2"):
+            moe[k] = moe[k].at[-2].multiply(2.0).at[-1].set(0.0)
+        return moe
+
+    p = jax.tree.map(lambda x: x, params)   # a copy of the containers
+    for tower in ("actor", "critic"):
+        for name, block in p["params"].get(tower, {}).items():
+            if name.startswith("block") and "moe" in block:
+                p["params"][tower][name] = {**block, "moe": fix(block["moe"])}
+    return p
 
 
 def _clean(x):
@@ -115,8 +178,8 @@ class Run:
     def __init__(self, cfg, out: Path, resume: bool = False, start_from: Path | None = None):
         self.cfg, self.out, self.resume = cfg, Path(out), resume
         self.start_from = None if start_from is None else Path(start_from)
-        self.env = envs.make(cfg.env)
-        self.venv = envs.VecEnv(self.env, cfg.ppo.num_envs, cfg.env.reset_ratio)
+        self.switch = switch_iteration(cfg)
+        self._set_stage(0)
         self.iterations = iterations(cfg)
         self.steps_per_iteration = cfg.ppo.num_envs * cfg.ppo.num_steps
         self.grow_at = grow_points(cfg)
@@ -127,13 +190,27 @@ class Run:
         self.provenance = provenance.config_record(cfg)
 
     # ------------------------------------------------------------------------------------------ network / state
+    def _set_stage(self, stage: int):
+        """The training environment of `stage` (0 before a switch by step, 1 after; always the stream without)."""
+        self.stage = stage
+        which = "stream" if self.switch is None else ("first", "second")[stage]
+        self.env = envs.make(self.cfg.env, which)
+        self.venv = envs.VecEnv(self.env, self.cfg.ppo.num_envs, self.cfg.env.reset_ratio)
+
+    def _decay(self) -> tuple[int, int]:
+        """(first iteration, length) of the current linear lr decay."""
+        if self.switch is None or self.cfg.ppo.anneal_over == "run":
+            return 0, self.iterations
+        return (0, self.switch) if self.stage == 0 else (self.switch, self.iterations - self.switch)
+
     def _net(self, experts: int):
         return nets.build(self.cfg.net, self.cfg.moe, self.env.actions, experts)
 
     def _compile(self):
         self.net = self._net(self.experts)
-        self.iteration = jax.jit(ppo.make_iteration(self.net, self.venv, self.cfg.ppo, self.iterations,
-                                                    self.cfg.net.obs_clip))
+        start, length = self._decay()
+        self.iteration = jax.jit(ppo.make_iteration(self.net, self.venv, self.cfg.ppo, length,
+                                                    self.cfg.net.obs_clip, start))
 
     def grow(self, state: ppo.TrainState) -> ppo.TrainState:
         """Add one expert to every MoE block of `state` (and recompile the iteration)."""
@@ -142,6 +219,8 @@ class Run:
         fresh = jax.jit(new_net.init)(key, jnp.zeros((1, *self.env.obs_shape)))
         zeros = optim.init(fresh)
         params = optim.grow_like(state.params, fresh)
+        if self.cfg.moe.grow_init == "zero_output":
+            params = zero_output_expert(params)
         opt = optim.AdamState(*(optim.grow_like(o, z) for o, z in zip(state.opt, zeros)))
         it = int(state.iteration)
         self.events.append({"event": "grow", "iteration": it, "steps": it * self.steps_per_iteration,
@@ -149,8 +228,27 @@ class Run:
                             "blocks": self.cfg.net.actor_blocks + self.cfg.net.critic_blocks})
         log.info("iteration %d: grew every MoE block from %d to %d experts", it, self.experts, self.experts + 1)
         self.experts += 1
-        self._compile()
         return state._replace(params=params, opt=opt)
+
+    def switch_stage(self, state: ppo.TrainState) -> ppo.TrainState:
+        """The stage switch by step: SpaceInvaders environments from here on (all reset with a key shared by
+        every arm of a seed), and with `train.reset_at_switch` a new network, optimizer and observation
+        statistics (drawn from a key of their own)."""
+        self._set_stage(1)
+        seed_key = jax.random.PRNGKey(self.cfg.seed)
+        obs, env_state = jax.jit(self.venv.reset)(jax.random.fold_in(seed_key, 3_000_017))
+        state = state._replace(env=env_state, obs=obs)
+        it = int(state.iteration)
+        self.events.append({"event": "switch", "iteration": it, "steps": it * self.steps_per_iteration,
+                            "reset_network": bool(self.cfg.train.reset_at_switch)})
+        if self.cfg.train.reset_at_switch:
+            params = jax.jit(self.net.init)(jax.random.fold_in(seed_key, 2_000_003),
+                                            jnp.zeros((1, *self.env.obs_shape)))
+            state = state._replace(params=params, opt=optim.init(params),
+                                   norm=nets.obs_norm_init(self.env.obs_shape))
+        log.info("iteration %d: switched training to stage 1%s", it,
+                 " with a fresh network" if self.cfg.train.reset_at_switch else "")
+        return jax.tree.map(lambda x: jnp.asarray(x, dtype=x.dtype), state)
 
     def _template(self) -> ppo.TrainState:
         return ppo.init_state(self.net, self.venv, self.env.obs_shape, jax.random.PRNGKey(self.cfg.seed))
@@ -195,6 +293,8 @@ class Run:
                             f"{there[:12]} there, {config_sha256[:12]} now); {hint}")
         self.experts, self.curve, self.events = meta["experts"], meta["curve"], meta["events"]
         self.window = meta["window"]
+        if self.switch is not None:   # states are saved between iterations; the switch runs before iteration s
+            self._set_stage(int(meta["iteration"] > self.switch))
         self._compile()
         template = self._template()
         ref = jax.tree.leaves(template)
@@ -223,7 +323,8 @@ class Run:
         if differ:
             raise MtilError(f"--start-from: {src} ran a different computation ({', '.join(differ[:4])} differ); "
                             f"it must equal this config up to moe.experts_end")
-        first_growth = min(self.grow_at, default=self.iterations)
+        first_growth = min([*self.grow_at, *([] if self.switch is None else [self.switch])],
+                           default=self.iterations)
         usable = []
         for f in src.glob("snapshot-*.npz"):
             it = f.stem.split("-", 1)[1]
@@ -248,6 +349,7 @@ class Run:
         return {"kind": "rl", "label": label(self.cfg), "variant": variant(self.cfg), "env": self.cfg.env.name,
                 "seed": self.cfg.seed, "iterations": self.iterations,
                 "steps_per_iteration": self.steps_per_iteration, "experts": self.experts, "grow_at": self.grow_at,
+                "switch_at": self.switch,
                 "complete": complete, "final_window": n, "provenance": self.provenance,
                 **figures.finals(self.curve, n), "curve": self.curve}
 
@@ -267,10 +369,16 @@ class Run:
         t0 = time.perf_counter()
         last_stop = self.iterations if stop_after is None else min(stop_after, self.iterations)
         while it < last_stop:
-            if it in self.grow_at and self.experts < self.cfg.moe.experts_end:
+            switching = it == self.switch and self.stage == 0
+            growing = it in self.grow_at and self.experts < self.cfg.moe.experts_end
+            if switching or growing:
                 if self.cfg.train.keep_snapshots:
                     self._write_state(self.out / f"snapshot-{it}.npz", state)
-                state = self.grow(state)
+                if switching:
+                    state = self.switch_stage(state)
+                if growing:
+                    state = self.grow(state)
+                self._compile()
             state, metrics = self.iteration(state)
             self.window.append(_clean(jax.device_get(metrics)))
             it += 1
@@ -285,6 +393,17 @@ class Run:
             write_json(self.out / "specialisation.json", self.measure_specialisation(state))
             self._save(state, complete=True)
         return self.results(complete)
+
+    def measure(self) -> list[Path]:
+        """trace.json and specialisation.json of the state in checkpoint.npz (a complete run writes them itself;
+        this measures a run stopped with --stop-after, e.g. the switch study's arms a few iterations after the
+        switch)."""
+        if not (self.out / "checkpoint.npz").exists():
+            raise MtilError(f"--measure: {self.out} has no checkpoint.npz; run it first")
+        # the config may differ from the run's in trace.* / specialisation.* (`mtil rl --measure` checks the rest)
+        state = self._read_state(self.out / "checkpoint.npz", "measure a run of this config")
+        return [write_json(self.out / "trace.json", self.trace(state)),
+                write_json(self.out / "specialisation.json", self.measure_specialisation(state))]
 
     def _log_point(self, it: int, window: list[dict], seconds: float):
         eps = np.array([m["episodes"] for m in window], dtype=float)
@@ -302,7 +421,7 @@ class Run:
             per = {k.split("/", 1)[1]: mean(k) for k in ach}
             row["achievements"] = None if row["return"] is None else sum(per.values()) / 100.0
             row["achievement_rates"] = per
-        for key in ("loss", "value_loss", "actor_loss", "entropy"):
+        for key in ("loss", "value_loss", "actor_loss", "entropy", "lr"):
             row[key] = float(np.mean([m[key] for m in window]))
         # a point whose window spans a growth averages the router weights of the iterations after it
         row["router"] = {k: np.mean([m["router"][k] for m in window if len(m["router"][k]) == len(v)],
@@ -321,25 +440,32 @@ class Run:
         n, horizon = self.cfg.trace.episodes, self.cfg.trace.max_steps
         if n == 0:
             return {"layer": None, "router": [], "stage": [], "reward": []}
-        env, net, params, norm = self.env, self.net, state.params, state.norm
+        env, net, params, norm = self.stream_env(), self.net, state.params, state.norm
+        width = self.experts if self.cfg.net.block == "moe" and self.cfg.net.critic_blocks else 0
+
+        def step(carry, k):
+            t, obs, env_state, alive, buf = carry
+            x = nets.obs_norm_apply(norm, obs[None], self.cfg.net.obs_clip)
+            (logits, _), inter = net.apply(params, x, mutable=["intermediates"])
+            routers = nets.router_probs(inter.get("intermediates", {}))
+            probs = routers[TRACE_LAYER][0] if TRACE_LAYER in routers else jnp.zeros(0)
+            stage = env.stage(env_state)
+            obs2, env_state2, reward, done, _ = env.step(jax.random.fold_in(k, t), env_state,
+                                                         jnp.argmax(logits[0]))
+            buf = {"probs": buf["probs"].at[t].set(probs), "stage": buf["stage"].at[t].set(stage),
+                   "reward": buf["reward"].at[t].set(reward), "alive": buf["alive"].at[t].set(True)}
+            return t + 1, obs2, env_state2, ~done, buf
 
         def episode(key):
             k_reset, k_run = jax.random.split(key)
             obs, env_state = env.reset(k_reset)
-
-            def step(carry, k):
-                obs, env_state, alive = carry
-                x = nets.obs_norm_apply(norm, obs[None], self.cfg.net.obs_clip)
-                (logits, _), inter = net.apply(params, x, mutable=["intermediates"])
-                routers = nets.router_probs(inter.get("intermediates", {}))
-                probs = routers[TRACE_LAYER][0] if TRACE_LAYER in routers else jnp.zeros(0)
-                stage = env.stage(env_state)
-                obs2, env_state2, reward, done, _ = env.step(k, env_state, jnp.argmax(logits[0]))
-                out = (probs, stage, reward * alive, alive)
-                return (obs2, env_state2, alive & ~done), out
-
-            _, outs = jax.lax.scan(step, (obs, env_state, jnp.bool_(True)), jax.random.split(k_run, horizon))
-            return outs
+            buf = {"probs": jnp.zeros((horizon, width)),
+                   "stage": jnp.zeros(horizon, jnp.int32), "reward": jnp.zeros(horizon),
+                   "alive": jnp.zeros(horizon, bool)}
+            # to the episode's end or the horizon; under vmap, as long as the longest episode
+            *_, buf = jax.lax.while_loop(lambda c: (c[0] < horizon) & c[3], lambda c: step(c, k_run),
+                                         (jnp.int32(0), obs, env_state, jnp.bool_(True), buf))
+            return buf["probs"], buf["stage"], buf["reward"], buf["alive"]
 
         key = jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed), 7)
         probs, stage, reward, alive = jax.device_get(jax.jit(jax.vmap(episode))(jax.random.split(key, n)))
@@ -352,11 +478,19 @@ class Run:
                 "router": probs[i][:T].tolist(), "stage": stage[i][:T].astype(int).tolist(),
                 "reward": reward[i][:T].tolist(), "experts": self.experts}
 
+    def stream_env(self):
+        """The trace's environment: the stages within each episode (two-stage MinAtar: Breakout, then
+        SpaceInvaders after switch_at points), whatever the training saw."""
+        return self.env if self.switch is None else envs.make(self.cfg.env, "stream")
+
     def measure_specialisation(self, state: ppo.TrainState) -> dict:
-        """specialisation.json: router specialisation by stage over greedy episodes, trained and random routers."""
+        """specialisation.json: router specialisation by stage over greedy episodes, trained and random routers.
+        With a stage switch by step, half the episodes (in expectation) are Breakout and half SpaceInvaders
+        episodes, so both stages are measured whether or not the final agent still reaches stage 1."""
         c = self.cfg.specialisation
         if c.episodes == 0:
             return {"episodes": 0, "blocks": {}}
         key = jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed), 11)
-        return specialisation.measure(self.env, self.net, state.params, state.norm, self.cfg.net.obs_clip, key,
+        env = self.env if self.switch is None else envs.make(self.cfg.env, "either")
+        return specialisation.measure(env, self.net, state.params, state.norm, self.cfg.net.obs_clip, key,
                                       c.episodes, c.max_steps, c.random_routers)
