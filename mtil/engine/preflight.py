@@ -276,7 +276,7 @@ def preflight(cfg, steps: int = 3, eval_images: int = 32, prompts: int = 32, dec
     bb = None
     weights = "random initialisation" if cfg.model.pretrained in (None, "") else str(cfg.model.pretrained)
     try:
-        bb = backbone_mod.load(cfg.model.name, cfg.model.pretrained, device=device)
+        bb = backbone_mod.load(cfg.model.name, cfg.model.pretrained, device=device, activation=cfg.model.activation)
     except MtilError as e:
         problems.append(f"model: {e}")
         if cfg.model.pretrained not in (None, "") and not str(e).startswith("unknown model"):
