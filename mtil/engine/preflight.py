@@ -7,9 +7,11 @@ class list), builds the model on the run's device, trains `steps` + 1 steps of t
 timed) and runs one capped evaluation row (`eval_images` test images of the first task). Every problem found is one
 line in `Preflight.problems`, all of them in one pass; the timing runs when the model and the first dataset load.
 
-The projection is a linear cost model on what was measured (`Costs`). Training: a step costs what a step of the
-first task cost plus, per class more or fewer, the forward and backward pass of one prompt through the text tower
-(every class prompt goes through the text tower in every step); a task takes `train.iterations` steps (+1 with
+The projection is a linear cost model on what was measured (`Costs`). Training: a step of the first task splits
+into a text part (its classes x the measured forward and backward pass of one prompt through the text tower, at
+most the whole step) and an image part (the rest); another task's step is the image part plus its classes x the
+per-class share of the text part (every class prompt goes through the text tower in every step), so a task with
+few classes never projects below the image part; a task takes `train.iterations` steps (+1 with
 `train.final_step`). Evaluation, per dataset j (position i of T): once, its frozen image features (test images and,
 with the task selector, up to `selector.max_fit_samples` training images) and its zero-shot text features; then in
 each of the T - i + 1 rows after it is learned its test images through the adapted image tower and its prompts
@@ -242,9 +244,14 @@ def project(cfg, plans: list[TaskPlan], costs: Costs, eval_mode: str, trains: bo
     """Fill each plan's projected train / eval time and peak memory (the module docstring's cost model)."""
     T = len(plans)
     per_step = cfg.train.iterations + int(cfg.train.final_step)
+    # the first task's step = an image part + its classes' prompts; the prompt part is the measured per-prompt cost
+    # times its classes, at most the whole step (a per-prompt cost timed on few prompts overstates a batched step's)
+    text_s = min(costs.step_s, costs.classes * costs.prompt_train_s)
+    image_s = costs.step_s - text_s
+    per_class = text_s / max(costs.classes, 1)
     for i, plan in enumerate(plans, start=1):
         extra = plan.classes - costs.classes
-        plan.train_s = per_step * max(costs.step_s + extra * costs.prompt_train_s, 0.0) if trains else 0.0
+        plan.train_s = per_step * (image_s + plan.classes * per_class) if trains else 0.0
         prompts = plan.classes * plan.templates
         fit = min(plan.train, cfg.selector.max_fit_samples) if eval_mode == "selector" else 0
         once = (plan.test + fit) * costs.image_frozen_s + prompts * costs.prompt_eval_s
