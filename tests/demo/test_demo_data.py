@@ -24,8 +24,8 @@ backbone.register_models()   # the tests below create mtil-tiny through open_cli
 def small_cfg(**pretrain_over):
     cfg = copy.deepcopy(demo.default_section())
     cfg.train_per_class, cfg.test_per_class = 3, 2
-    cfg.pretrain.update_mode(per_domain=40, steps=3, batch_size=16, warmup_steps=1)
-    cfg.pretrain.update_mode(pretrain_over)
+    cfg.pretrain.update(per_domain=40, steps=3, batch_size=16, warmup_steps=1)
+    cfg.pretrain.update(pretrain_over)
     return wrap(cfg)
 
 
