@@ -130,7 +130,7 @@ def resume_with_another_backbone_file(t, m):
 
 def resume_with_a_random_init_backbone(t, m):
     shutil.copytree(m.run, t.out)
-    return ["run", "--out", t.out, "--resume", "--set=model.pretrained=null"], ["backbone", "random-init now"]
+    return ["run", "--out", t.out, "--resume", "--set=model.pretrained=null"], ["backbone", "random-init (gelu) now"]
 
 
 def resume_with_other_images_under_the_same_name(t, m):
@@ -539,7 +539,8 @@ def compare_reuses_its_cell_without_config_yaml(t, m):
 def run_records_its_provenance(t, m):
     def check(out, err):
         rec = json.loads((Path(t.out) / "results.json").read_text())["provenance"]
-        assert rec["backbone"] == {"kind": "file", "sha256": provenance._file_sha256(m.a), "bytes": m.a.stat().st_size}
+        assert rec["backbone"] == {"kind": "file", "sha256": provenance.file_sha256(m.a), "bytes": m.a.stat().st_size,
+                                  "activation": "gelu"}
         assert set(rec["datasets"]) == {"Red"} and set(rec["datasets"]["Red"]["splits"]) == {"train", "test"}
         assert rec["datasets"]["Red"]["splits"]["test"]["rows"] == 12
         assert rec["config_sha256"] == provenance.sha256(provenance.identity(rec["config"]))
@@ -588,7 +589,7 @@ def report_keeps_runs_of_other_backbones_apart(t, m):
 
     def check(out, err):
         assert "| freeze (backbone=file sha256" in out and "| 2 |" in out
-        assert "| freeze (backbone=random-init) | 1 |" in out
+        assert "| freeze (backbone=random-init (gelu)) | 1 |" in out
     return ["report", str(grid)], check
 
 
@@ -648,6 +649,7 @@ def prepare_scales_16_bit_and_float_images(t, m):
     def check(out, err):
         from mtil.data import pipeline
         ds = pipeline.load_task(config.wrap({"root": str(t.tmp / "prep"), "few_shot": None, "class_names": None,
+                                             "max_classes": None, "max_templates": None,
                                              "max_eval_per_dataset": None}), "Depth", 0).train
         pixels = {ds.features["label"].names[r["label"]]: np.asarray(pipeline.decode(r, "Depth", "train", i, "fail"))
                   for i, r in enumerate(ds)}
