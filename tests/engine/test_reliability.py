@@ -133,9 +133,11 @@ def state(out: Path) -> dict:
 
 
 def check_outputs_parse(out: Path) -> dict:
-    """Every output file (temp files aside) parses completely; returns what they say."""
+    """Every output file (temp files aside) parses completely; returns what they say. The TensorBoard curves
+    (tensorboard/, append-only event files; a resume hides points logged after the checkpoint) are not outputs."""
     seen = {}
-    names = {p.name for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    names = {p.name for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")
+             and "tensorboard" not in p.relative_to(out).parts}
     assert names <= {"config.yaml", "results.json", "events.jsonl", "usage.npz", "last.pt"}, names
     yaml.safe_load((out / "config.yaml").read_text())
     if (out / "results.json").exists():
