@@ -43,7 +43,7 @@ def compare_dir(tmp_path_factory, session_cache, demo_run):
         mp.setenv("MTIL_CACHE", str(session_cache))
         assert main(["compare", "--methods", "finetune,moe", "--policies", "none,merge", "--seeds", "0",
                      "--out", str(base),
-                     "--set=data.order=[Letters,Pigments,MNIST]", "--set=train.iterations=20",
+                     "--set=data.order=[Loupe,Pigments,Textiles]", "--set=train.iterations=20",
                      "--set=output.plots=false"]) == 0
     return base
 
