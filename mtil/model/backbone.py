@@ -14,6 +14,7 @@ says which. The built model is checked: the activation it really has is the one 
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -54,6 +55,7 @@ class Backbone:
 ACTIVATIONS = ("quick_gelu", "gelu")
 
 
+@functools.cache
 def _openai_release_hashes() -> dict[str, str]:
     """sha256 -> model name of OpenAI's released CLIP archives (the hash is the folder of each download address)."""
     out = {}
