@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtil import config, policies
 from mtil.cli import main
 from mtil.engine import optimizer as optim
-from mtil.model import backbone, moe
-from mtil.model.usage import UsageTracker
+from mtil.model import backbone
 from mtil.policies import TrainContext
+
+from merge_helpers import merge_setup
 
 COUNTS = torch.tensor([5, 40, 3, 30, 0, 1])   # a=1, b=3 by selection; slot 4 is frozen below, so c=5
 
@@ -23,16 +23,7 @@ def clip():
 
 
 def setup(clip_model, seed=0, **merge_cfg):
-    cfg = config.load(None, ["policy.name=merge", "moe.num_experts=6", "policy.merge.every=10",
-                             "policy.merge.warmup=10", f"seed={seed}"]
-                      + [f"policy.merge.{k}={v}" for k, v in merge_cfg.items()])
-    torch.manual_seed(0)
-    model = moe.attach(copy.deepcopy(clip_model), towers=("image",), num_experts=6, hidden=8, num_routers=2)
-    with torch.no_grad():
-        for layer in model.layers:
-            for t in layer.expert_tensors():
-                t.normal_()
-    policy = policies.build(cfg).attach(model, UsageTracker(model))
+    _, model, tracker, policy = merge_setup(clip_model, seed=seed, **merge_cfg)
     opt = optim.build_optimizer(model, 1e-3, 0.0)
     return model, policy, functools.partial(optim.reset_state, opt)
 

@@ -17,6 +17,7 @@ from mtil.model.usage import UsageTracker
 from mtil.policies import TrainContext
 
 from conftest import Interrupt
+from merge_helpers import merge_setup
 
 
 def resets(opt):
@@ -79,19 +80,6 @@ def test_freeze_topk_after_task_one_and_bit_identical_to_the_end(tiny_args, tmp_
                 key = f"{tower}.{b}.{p}"
                 assert torch.equal(three[key][frozen], one[key][frozen]), key
             assert three[f"{tower}.{b}.frozen"][frozen].all()
-
-
-def merge_setup(clip_model, **merge_cfg):
-    cfg = config.load(None, ["policy.name=merge", "moe.num_experts=6", "policy.merge.every=10",
-                             "policy.merge.warmup=10"] + [f"policy.merge.{k}={v}" for k, v in merge_cfg.items()])
-    torch.manual_seed(0)
-    model = moe.attach(copy.deepcopy(clip_model), towers=("image",), num_experts=6, hidden=8, num_routers=2)
-    with torch.no_grad():
-        for layer in model.layers:
-            for t in layer.expert_tensors():
-                t.normal_()
-    tracker = UsageTracker(model)
-    return cfg, model, tracker, policies.build(cfg).attach(model, tracker)
 
 
 @pytest.fixture(scope="module")
