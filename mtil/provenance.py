@@ -6,7 +6,8 @@ A record (`record(cfg, datasets)`) holds
     keys that can change a number. Left out of the identity: where things lie or how they were found (LOCATIONS:
     `data.root`, `model.pretrained`, `data.demo`; their content is recorded instead, so a data root or a cache
     moved to another path keeps its provenance) and the keys that change no number (NEUTRAL; `eval.batch_size`
-    too, unless the task selector decides per evaluation batch);
+    too, unless the task selector decides per evaluation batch; the baselines' `method.<baseline>` settings in a
+    run of the MoE adapters, which never reads them);
   * `backbone`: what `model.pretrained` loaded: the sha256 of the weights file (of every file of a `local-dir:`
     folder), the open_clip tag, or random initialisation, and the activation the model was built with;
   * `datasets`: per dataset of `data.order`, the fingerprint `mtil prepare` recorded (row counts, class list and
@@ -44,6 +45,8 @@ def identity(cfg: Mapping, ignore: Iterable[str] = ()) -> dict:
     drop = set(LOCATIONS) | set(NEUTRAL) | set(ignore)
     if not (flat.get("eval.mode") == "selector" and flat.get("selector.mode") == "batch"):
         drop.add("eval.batch_size")   # one decision per evaluation batch is the only way it changes a number
+    if flat.get("method.name") == "moe":   # the MoE adapters read no baseline's settings
+        drop |= {k for k in flat if k.startswith("method.") and k != "method.name"}
     return {k: v for k, v in flat.items() if k not in drop and not any(k.startswith(d + ".") for d in drop)}
 
 

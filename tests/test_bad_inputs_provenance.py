@@ -609,6 +609,25 @@ def report_batch_selector_eval_batch_size_splits_groups(t, m):
     return ["report", str(grid)], check
 
 
+def report_moe_runs_ignore_the_baselines_settings(t, m):
+    """The MoE adapters never read method.finetune.*: two seeds that differ in it are one row; two fine-tuning runs
+    that differ in it are two."""
+    grid = t.tmp / "grid"
+    from test_bad_inputs import tiny_config
+    for folder, method, lr in (("m1", "moe", 1e-4), ("m2", "moe", 5e-4), ("f1", "finetune", 1e-4),
+                               ("f2", "finetune", 5e-4)):
+        cfg = tiny_config(t.data, f"--set=method.name={method}", f"--set=method.finetune.lr={lr}",
+                          f"--set=seed={folder[1]}", "--set=data.order=[Red,Green]")
+        run = _fake_run(grid / folder)
+        results = json.loads((run / "results.json").read_text())
+        (run / "results.json").write_text(json.dumps({**results, "provenance": provenance.record(cfg)}))
+
+    def check(out, err):
+        assert "| freeze | 2 |" in out
+        assert "method.finetune.lr=0.0001" in out and "method.finetune.lr=0.0005" in out
+    return ["report", str(grid)], check
+
+
 def report_runs_without_configs_are_not_averaged(t, m):
     """A merge and a freeze run with neither config.yaml nor record (an earlier mtil's, config deleted): each alone,
     and the report says why."""
@@ -681,7 +700,7 @@ HANDLED = [resume_after_the_data_root_moved, resume_after_repairing_data_nothing
            compare_reuses_its_cell_without_config_yaml, run_records_its_provenance,
            run_into_an_empty_folder_and_a_stale_lock, report_groups_by_record_not_folder_names,
            report_keeps_runs_of_other_backbones_apart, report_batch_selector_eval_batch_size_splits_groups,
-           report_runs_without_configs_are_not_averaged, report_seed_repeated_counts_once,
+           report_moe_runs_ignore_the_baselines_settings, report_runs_without_configs_are_not_averaged, report_seed_repeated_counts_once,
            prepare_scales_16_bit_and_float_images, prepare_names_the_folders_it_left_out_and_follows_links]
 
 
