@@ -16,7 +16,7 @@ from ..errors import MtilError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", default=None,
                         help="study config (default: plasticity/demo.yaml, offline, 6.9 CPU-minutes per seed measured; "
-                             "plasticity/relabel.yaml: the second design, about 7 per seed for its 8 arms)")
+                             "plasticity/relabel.yaml: the second design, 7.2 CPU-minutes per seed measured for its 8 arms)")
     parser.add_argument("--out", default="runs/plasticity",
                         help="output directory; finished (method, seed) runs in it are reused (default: %(default)s)")
     parser.add_argument("--methods", default=None, help="comma-separated subset of methods (default: study.methods)")

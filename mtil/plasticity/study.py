@@ -83,7 +83,7 @@ def param_rows(cfg, methods: list[str]) -> list[dict]:
         rows.append({"method": name, "label": registry.label(name), "active_first": first,
                      "active_final": model.mlp.active_params(), "stored_final": n_params(model.mlp),
                      "trainable_final": n_params(model.mlp, trainable_only=True), "cnn": n_params(model.cnn),
-                     "mlp_in": model.cnn.out_dim})
+                     "mlp_in": model.cnn.out_dim, "expert_widths": getattr(model.mlp, "expert_widths", list)()})
     ref = rows[0]["active_final"]
     for r in rows:
         r["ratio"] = r["active_final"] / ref
@@ -92,14 +92,17 @@ def param_rows(cfg, methods: list[str]) -> list[dict]:
 
 def params_markdown(rows: list[dict], chunks: int) -> str:
     lines = [f"| method | MLP active @ chunk 1 | MLP active @ chunk {chunks} | vs No Expansion | "
-             f"MLP stored @ chunk {chunks} | MLP trainable @ chunk {chunks} |", "|---|---:|---:|---:|---:|---:|"]
+             f"MLP stored @ chunk {chunks} | MLP trainable @ chunk {chunks} | expert width (layer 1 / 2 / 3) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        widths = " / ".join(map(str, r["expert_widths"])) or "–"
         lines.append(f"| {r['label']} | {r['active_first']:,} | {r['active_final']:,} | {r['ratio']:.3f} | "
-                     f"{r['stored_final']:,} | {r['trainable_final']:,} |")
+                     f"{r['stored_final']:,} | {r['trainable_final']:,} | {widths} |")
     if rows:
         lines.append(f"\nShared CNN trunk: {rows[0]['cnn']:,} parameters (trained by every method, never expanded); "
                      f"MLP input width {rows[0]['mlp_in']:,}. Active = the reference's count_active_params; "
-                     f"stored includes experts / widths allocated up front but not yet used.")
+                     f"stored includes experts / widths allocated up front but not yet used; expert width = bottleneck units "
+                     f"of one DynamicMoE expert, h_b = int(h_in (h_out - N) / (h_in + h_out) / N), N = chunks x g.")
     return "\n".join(lines)
 
 

@@ -318,6 +318,18 @@ def test_params_prints_table(capsys):
     assert "vs No Expansion" in out
 
 
+def test_params_states_the_expert_widths(capsys):
+    # relabel.yaml: MLP 512 -> 256 -> 256 -> 200, 10 chunks; by hand, N = 10 g experts per layer:
+    # g4 (N = 40): int(512*216/768/40) = int(3.6) = 3, int(256*216/512/40) = int(2.7) = 2, int(256*160/456/40) = 2
+    # g1 (N = 10): int(512*246/768/10) = 16, int(256*246/512/10) = 12, int(256*190/456/10) = 10
+    assert cli.main(["plasticity", "plasticity/relabel.yaml", "--params", "--methods",
+                     "no_expansion,dynamic_moe_g1,dynamic_moe_g4"]) == 0
+    rows = {line.split(" | ")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert rows["| DynamicMoE (g4)"].endswith("| 3 / 2 / 2 |")
+    assert rows["| DynamicMoE (g1)"].endswith("| 16 / 12 / 10 |")
+    assert rows["| No Expansion"].endswith("| – |")
+
+
 def test_paper_config_is_parameter_matched():
     cfg = study.load_config("plasticity/tinyimagenet.yaml")
     assert cfg.study.chunks == 10 and cfg.study.steps_per_chunk == 50000

@@ -135,3 +135,7 @@ class DynamicMoE(ExpandableMLP):
 
     def active_params(self):
         return sum(layer.count_active_params() for layer in self.layers)
+
+    def expert_widths(self) -> list[int]:
+        """Bottleneck units per expert in MoE layer 1, 2, 3 (`h_b`); empty for `linear` experts."""
+        return [layer.experts[0].fc1.out_features for layer in self.layers if layer.experts[0].fc2 is not None]
