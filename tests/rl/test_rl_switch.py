@@ -142,6 +142,7 @@ def test_switch_finals_split_the_curve_at_the_switch():
     assert got["before_switch_return"] == pytest.approx((5 * 1 + 3 * 3) / 4)          # iterations 3, 4
     assert got["early_switch_return"] == pytest.approx((1 * 1 + 2 * 3) / 4)           # iterations 5, 6
     assert got["after_switch_return"] == pytest.approx((1 + 6 + 8 + 12) / 8)          # iterations 5-8
+    assert got["area_switch_return"] == pytest.approx((1 + 2 + 4 + 6) / 4)            # unweighted points 5-8
     assert compare.switch_finals({"switch_at": None, "curve": curve}) == {k: None for k, _ in compare.SWITCH_FINALS}
 
 
