@@ -8,7 +8,10 @@ config's environment shape, for 1 expert and for 2 experts per MoE block; the pe
 in the batch size (a CPU core is saturated at small batches). The environment's own step is not timed (Craftax's
 rate on this CPU is in DESIGN.md §9).
 
-    python benchmarks/rl_paper_cost.py [--batch 32] [--rounds 3] [--json FILE]
+    python benchmarks/rl_paper_cost.py [--batch 32] [--rounds 3] [--obs-shape 130,110,3] [--json FILE]
+
+--obs-shape skips building the environment (Craftax-Pixels-v1's observation is 130 x 110 x 3; building it first
+renders Craftax's texture cache, minutes of CPU when the package has none).
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ def main(argv=None) -> int:
     p.add_argument("config", nargs="?", default="rl/craftax_grow.yaml")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--obs-shape", default=None, metavar="H,W,C",
+                   help="the observation shape, instead of building the environment to read it")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -32,7 +37,8 @@ def main(argv=None) -> int:
     from mtil.rl import envs, nets, optim, ppo, train
 
     cfg = train.load_config(args.config)
-    shape = envs.make(cfg.env).obs_shape
+    shape = (tuple(int(x) for x in args.obs_shape.split(",")) if args.obs_shape
+             else envs.make(cfg.env).obs_shape)
     c, b = cfg.ppo, args.batch
     adam = dict(b1=0.9, b2=0.999, eps=c.adam_eps, max_norm=c.max_grad_norm)
     key = jax.random.PRNGKey(0)

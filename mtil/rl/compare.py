@@ -30,9 +30,14 @@ CONFIDENCE = 0.95
 FINALS = (("final_return", "final return"), ("final_return_stage0", "stage-0 return"),
           ("final_return_stage1", "stage-1 return"), ("final_reached_stage1", "episodes reaching stage 1"))
 # runs with a stage switch by step (env.switch_step) add: the return of the last `final_window` curve points
-# before the switch (stage 0), and the mean return over every curve point after it (how fast stage 1 is learnt)
+# before the switch (stage 0), of the first `final_window` after it (the start of stage 1), the mean return over
+# every episode after it (weighted by episodes, so the many short early episodes weigh most) and the mean of the
+# curve points after it (each point's return weighing as much as the next: the area under stage 1's learning
+# curve per training step)
 SWITCH_FINALS = (("before_switch_return", "stage-0 return before the switch"),
-                 ("after_switch_return", "mean return over stage 1"))
+                 ("early_switch_return", "return over the first window of stage 1"),
+                 ("after_switch_return", "mean return over stage 1"),
+                 ("area_switch_return", "stage-1 curve mean (area per step)"))
 # config keys a comparison may vary besides the seed: the variant, and bookkeeping that does not act on training
 VARIANT_KEYS = ("label", "net.block", "moe.", "train.reset_at_switch")
 BOOKKEEPING = ("seed", "train.checkpoint_every", "train.keep_snapshots", "trace.", "specialisation.")
@@ -197,10 +202,14 @@ def switch_finals(results: dict) -> dict:
     s = results.get("switch_at")
     if s is None:
         return {k: None for k, _ in SWITCH_FINALS}
+    window = int(results.get("final_window", 10))
     before = [p for p in results["curve"] if p["iteration"] <= s]
     after = [p for p in results["curve"] if p["iteration"] > s]
-    return {"before_switch_return": figures.final_mean(before, "return", int(results.get("final_window", 10))),
-            "after_switch_return": figures.final_mean(after, "return", len(after)) if after else None}
+    points = [p["return"] for p in after if p.get("return") is not None]
+    return {"before_switch_return": figures.final_mean(before, "return", window),
+            "early_switch_return": figures.final_mean(after[:window], "return", window) if after else None,
+            "after_switch_return": figures.final_mean(after, "return", len(after)) if after else None,
+            "area_switch_return": float(np.mean(points)) if points else None}
 
 
 def growth(grow_runs, one_expert_runs, points: int = 5) -> dict:

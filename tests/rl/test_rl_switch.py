@@ -126,10 +126,24 @@ def test_compare_pairs_the_arms_by_seed(tmp_path, capsys):
     one = next(g for g in out["groups"] if g["variant"] == "1_expert")
     assert one["final"]["before_switch_return"]["mean"] == pytest.approx(4.0)   # seeds 3, 4, 5 before the switch
     assert one["final"]["after_switch_return"]["values"] == pytest.approx([10.0, 20.0, 30.0])
+    assert diffs[("fresh network", "1 expert")]["early_switch_return"]["mean"] == pytest.approx(2.0)
     assert "mean return over stage 1" in (tmp_path / "cmp" / "table.md").read_text()
     assert (tmp_path / "cmp" / "switch.png").exists()
     grid, mean, lo, hi = compare.paired_bands(compare.group_runs([tmp_path])[1])["fresh network"]
     np.testing.assert_allclose(mean, np.where(grid > 500, 2.0, 0.0))   # seed-paired: 0 before the switch, +2 after
+
+
+def test_switch_finals_split_the_curve_at_the_switch():
+    # switch before iteration 5, window 2; points weighted by their episodes
+    returns = {1: 9.0, 2: 7.0, 3: 5.0, 4: 3.0, 5: 1.0, 6: 2.0, 7: 4.0, 8: 6.0}
+    episodes = {3: 1, 4: 3, 5: 1, 6: 3, 7: 2, 8: 2}
+    curve = [{"iteration": i, "return": r, "episodes": episodes.get(i, 1)} for i, r in returns.items()]
+    got = compare.switch_finals({"switch_at": 4, "final_window": 2, "curve": curve})
+    assert got["before_switch_return"] == pytest.approx((5 * 1 + 3 * 3) / 4)          # iterations 3, 4
+    assert got["early_switch_return"] == pytest.approx((1 * 1 + 2 * 3) / 4)           # iterations 5, 6
+    assert got["after_switch_return"] == pytest.approx((1 + 6 + 8 + 12) / 8)          # iterations 5-8
+    assert got["area_switch_return"] == pytest.approx((1 + 2 + 4 + 6) / 4)            # unweighted points 5-8
+    assert compare.switch_finals({"switch_at": None, "curve": curve}) == {k: None for k, _ in compare.SWITCH_FINALS}
 
 
 TINY = ["ppo.total_steps=2048", "ppo.num_envs=16", "ppo.num_steps=16", "ppo.minibatches=2", "ppo.epochs=2",
