@@ -40,6 +40,13 @@ class Made:
     on backbone A, a 1-cell compare grid on backbone A, and the data root they read."""
 
 
+def _fake_run_of(path, cfg):
+    """A finished fake run (test_bad_inputs._fake_run) whose results.json records the provenance of `cfg`."""
+    run = _fake_run(path)
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**results, "provenance": provenance.record(cfg)}))
+
+
 def _weights(path: Path, seed: int) -> Path:
     from mtil.model import backbone
     torch.manual_seed(seed)
@@ -568,9 +575,7 @@ def report_groups_by_record_not_folder_names(t, m):
     from test_bad_inputs import tiny_config
     for folder, policy, seed in (("merge-seed0", "freeze", 0), ("x", "freeze", 1), ("merge-seed1", "merge", 1)):
         cfg = tiny_config(t.data, f"--set=policy.name={policy}", f"--set=seed={seed}", "--set=data.order=[Red,Green]")
-        run = _fake_run(grid / folder)
-        results = json.loads((run / "results.json").read_text())
-        (run / "results.json").write_text(json.dumps({**results, "provenance": provenance.record(cfg)}))
+        _fake_run_of(grid / folder, cfg)
 
     def check(out, err):
         assert "| freeze | 2 |" in out and "| merge | 1 |" in out
@@ -583,9 +588,7 @@ def report_keeps_runs_of_other_backbones_apart(t, m):
     for folder, weights, seed in (("a0", m.a, 0), ("a1", m.a, 1), ("rand", None, 2)):
         cfg = tiny_config(t.data, f"--set=model.pretrained={'null' if weights is None else weights}",
                           f"--set=seed={seed}", "--set=data.order=[Red,Green]")
-        run = _fake_run(grid / folder)
-        results = json.loads((run / "results.json").read_text())
-        (run / "results.json").write_text(json.dumps({**results, "provenance": provenance.record(cfg)}))
+        _fake_run_of(grid / folder, cfg)
 
     def check(out, err):
         assert "| freeze (backbone=file sha256" in out and "| 2 |" in out
@@ -599,9 +602,7 @@ def report_batch_selector_eval_batch_size_splits_groups(t, m):
     for folder, mode, bs in (("s16", "sample", 16), ("s64", "sample", 64), ("b16", "batch", 16), ("b64", "batch", 64)):
         cfg = tiny_config(t.data, f"--set=selector.mode={mode}", f"--set=eval.batch_size={bs}",
                           f"--set=seed={bs}", "--set=data.order=[Red,Green]")
-        run = _fake_run(grid / folder)
-        results = json.loads((run / "results.json").read_text())
-        (run / "results.json").write_text(json.dumps({**results, "provenance": provenance.record(cfg)}))
+        _fake_run_of(grid / folder, cfg)
 
     def check(out, err):
         assert "| freeze (selector.mode=sample) | 2 |" in out         # batch size changes no per-sample decision
@@ -618,9 +619,7 @@ def report_moe_runs_ignore_the_baselines_settings(t, m):
                                ("f2", "finetune", 5e-4)):
         cfg = tiny_config(t.data, f"--set=method.name={method}", f"--set=method.finetune.lr={lr}",
                           f"--set=seed={folder[1]}", "--set=data.order=[Red,Green]")
-        run = _fake_run(grid / folder)
-        results = json.loads((run / "results.json").read_text())
-        (run / "results.json").write_text(json.dumps({**results, "provenance": provenance.record(cfg)}))
+        _fake_run_of(grid / folder, cfg)
 
     def check(out, err):
         assert "| freeze | 2 |" in out
@@ -646,9 +645,7 @@ def report_seed_repeated_counts_once(t, m):
     from test_bad_inputs import tiny_config
     cfg = tiny_config(t.data, "--set=data.order=[Red,Green]")
     for folder in ("a", "b"):
-        run = _fake_run(grid / folder)
-        results = json.loads((run / "results.json").read_text())
-        (run / "results.json").write_text(json.dumps({**results, "provenance": provenance.record(cfg)}))
+        _fake_run_of(grid / folder, cfg)
 
     def check(out, err):
         data = json.loads(out)
