@@ -5,6 +5,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest, and 2 cores are shared
+# JAX (the RL tests): XLA's CPU thread pool takes every core in each xdist worker; one thread each, as for torch
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -27,6 +29,16 @@ def interrupt_at_row(monkeypatch, n):
             raise Interrupt
         return original_row(self, learned)
     monkeypatch.setattr(evaluate.Evaluator, "row", row)
+
+
+def worker_cores() -> int:
+    """The cores this test process may use: all of them, shared out among pytest-xdist's workers."""
+    return max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
+@pytest.fixture(scope="session", name="worker_cores")
+def worker_cores_fixture() -> int:
+    return worker_cores()
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +113,7 @@ def demo_run(tmp_path_factory, session_cache):
     from mtil.cli import main
     out = tmp_path_factory.mktemp("demo") / "run"
     threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)  # the real demo recipe: every core, as `mtil demo` would use
+    torch.set_num_threads(worker_cores())  # the real demo recipe: every core this worker has, as `mtil demo` would
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("MTIL_CACHE", str(session_cache))

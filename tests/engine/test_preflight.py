@@ -1,6 +1,5 @@
 """`mtil check` (mtil.engine.preflight): every problem of a config, its prepared data and its model in one pass, one
 line each; the projection table; nothing written."""
-import os
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +100,7 @@ def test_check_lists_every_problem_in_one_pass(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_check_order1_on_fake_data_with_random_vit_b_16(tmp_path, capsys, monkeypatch):
+def test_check_order1_on_fake_data_with_random_vit_b_16(tmp_path, capsys, monkeypatch, worker_cores):
     """The shipped Order I config on fake datasets with the 11 real class lists and a random ViT-B-16 (no
     download): the table and exit 0. Capped hard for a CPU: one timed step of batch 2, two test images, 4 prompts."""
     root = tmp_path / "data"
@@ -112,7 +111,7 @@ def test_check_order1_on_fake_data_with_random_vit_b_16(tmp_path, capsys, monkey
     rc, out, err = check(capsys, "mtil_order1", "--set", f"data.root={root}", "--set", "model.pretrained=null",
                          "--set", "train.batch_size=2", "--set", "data.num_workers=0", "--set", "eval.batch_size=2",
                          "--steps", "1", "--eval-images", "2", "--prompts", "4",
-                         "--set", f"threads={os.cpu_count() or 1}")
+                         "--set", f"threads={worker_cores}")
     print(out)
     assert rc == 0, err
     assert tree(tmp_path) == before
