@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from .. import config as mtil_config
 from ..errors import MtilError
 from ..metrics import mean_std
-from ..rl.compare import interval
 from ..rundir import files
+from ..stats import interval
 from . import methods as registry
 from .models import ConvTrunk, PlasticityNet, n_params
 from .stream import ChunkStream, noisy_labels, redraw_labels

@@ -3,7 +3,7 @@
 Runs are grouped by variant (label) within one environment; a group counts its distinct seeds. Refused with
 one line: runs of more than one environment, a seed that appears twice in a group, and runs whose settings
 differ other than by seed and variant (budget, environment, network width, ...). Intervals are percentile
-bootstrap 95% intervals (scipy.stats.bootstrap, `RESAMPLES` resamples, seeded) of the mean over seeds; a
+bootstrap 95% intervals (mtil.stats.interval) of the mean over seeds; a
 difference of two variants resamples each variant's seeds independently, except grow − 1 expert, taken per seed
 (the grow run of a seed is its 1-expert run until the growth). Writes table.md, compare.json,
 learning_curves.{png,svg} (Fig. 3 with per-stage returns) and specialisation.{png,svg} (Fig. 4 as a statistic).
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +20,9 @@ import yaml
 from ..config import flatten
 from ..errors import MtilError
 from ..rundir.files import write_json, write_text
+from ..stats import CONFIDENCE, RESAMPLES, bootstrap_mean, interval
 from . import figures
 
-RESAMPLES = 10_000
-CONFIDENCE = 0.95
 # (key, column name): the final values over the episodes of each run's last `final_window` curve points
 # (recomputed from the curve, figures.finals)
 FINALS = (("final_return", "final return"), ("final_return_stage0", "stage-0 return"),
@@ -49,32 +47,6 @@ ORDER = ("no_moe", "1_expert", "k_experts", "grow", "grow_zero", "fresh")  # row
 # variant's seeds independently. The last is the capacity gap.
 DIFFERENCES = (("grow", "1_expert", True), ("grow_zero", "1_expert", True), ("fresh", "1_expert", True),
                ("grow", "no_moe", False), ("grow", "k_experts", False), ("no_moe", "1_expert", False))
-
-
-def interval(a, b=None) -> dict:
-    """Mean of `a` (or mean(a) - mean(b)) with its bootstrap interval; lo/hi are None under 2 seeds a side."""
-    samples = [np.asarray(a, float)] + ([] if b is None else [np.asarray(b, float)])
-    mean = float(samples[0].mean() - (samples[1].mean() if b is not None else 0.0))
-    if min(len(s) for s in samples) < 2:
-        return {"mean": mean, "lo": None, "hi": None, "n": [len(s) for s in samples]}
-    lo, hi = _bootstrap(samples)
-    return {"mean": mean, "lo": float(lo), "hi": float(hi), "n": [len(s) for s in samples]}
-
-
-def _bootstrap(samples, axis: int = 0):
-    from scipy.stats import bootstrap
-
-    def stat(*xs, axis):
-        return xs[0].mean(axis) - (xs[1].mean(axis) if len(xs) > 1 else 0.0)
-
-    if all(np.all(s == s.flat[0]) for s in samples):  # no spread: scipy warns and the interval is the point
-        point = stat(*samples, axis=axis)
-        return point, point
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = bootstrap(tuple(samples), stat, n_resamples=RESAMPLES, confidence_level=CONFIDENCE,
-                        method="percentile", axis=axis, rng=np.random.default_rng(0), vectorized=True)
-    return res.confidence_interval.low, res.confidence_interval.high
 
 
 def fmt(cell: dict | None, digits: int = 2) -> str:
@@ -342,7 +314,7 @@ def paired_bands(groups, base: str = "1_expert") -> dict[str, tuple]:
             diffs.append(np.interp(grid, x, y) - np.interp(grid, *ref[r["seed"]]))
         if diffs:
             ys = np.array(diffs)
-            lo, hi = _bootstrap([ys]) if len(ys) > 1 else (None, None)
+            lo, hi = bootstrap_mean([ys]) if len(ys) > 1 else (None, None)
             out[name] = (grid, ys.mean(0), lo, hi)
     return out
 
@@ -359,6 +331,6 @@ def curve_bands(groups) -> dict[str, dict]:
                 continue
             grid = series[0][0]
             ys = np.array([np.interp(grid, x, y) for x, y in series])
-            lo, hi = _bootstrap([ys]) if len(ys) > 1 else (None, None)
+            lo, hi = bootstrap_mean([ys]) if len(ys) > 1 else (None, None)
             bands[name][key] = (grid, ys.mean(0), lo, hi)
     return bands

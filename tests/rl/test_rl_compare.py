@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from mtil.cli import main
+from mtil import stats
 from mtil.rl import compare
 
 VARIANTS = {"grow": ("1-to-2 grow", 1, 2), "1_expert": ("1 expert", 1, 1), "no_moe": ("No MoE", 0, 0),
@@ -44,17 +45,17 @@ def _spec(js, random):
 
 def test_interval_is_a_percentile_bootstrap_of_the_mean():
     a = [1.0, 2.0, 3.0, 10.0, 4.0]
-    cell = compare.interval(a)
+    cell = stats.interval(a)
     assert cell["mean"] == pytest.approx(4.0) and cell["lo"] < 4.0 < cell["hi"]
     # a hand-written percentile bootstrap agrees to resampling noise (the means lie on a 0.2 lattice)
     rng = np.random.default_rng(1)
     means = np.asarray(a)[rng.integers(0, 5, (20000, 5))].mean(1)
     assert cell["lo"] == pytest.approx(np.percentile(means, 2.5), abs=0.25)
     assert cell["hi"] == pytest.approx(np.percentile(means, 97.5), abs=0.25)
-    diff = compare.interval([5.0, 6.0, 7.0], [1.0, 1.5, 2.0])
+    diff = stats.interval([5.0, 6.0, 7.0], [1.0, 1.5, 2.0])
     assert diff["mean"] == pytest.approx(4.5) and 0 < diff["lo"] < 4.5 < diff["hi"] and diff["n"] == [3, 3]
-    assert compare.interval([3.0])["lo"] is None                       # one seed: no interval
-    assert compare.interval([2.0, 2.0, 2.0]) == {"mean": 2.0, "lo": 2.0, "hi": 2.0, "n": [3]}
+    assert stats.interval([3.0])["lo"] is None                       # one seed: no interval
+    assert stats.interval([2.0, 2.0, 2.0]) == {"mean": 2.0, "lo": 2.0, "hi": 2.0, "n": [3]}
 
 
 def test_compare_groups_by_variant_counts_seeds_and_reports_differences(tmp_path, capsys):
