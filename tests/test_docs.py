@@ -1,9 +1,12 @@
 """The documentation's pictures: every image the README and docs/ link exists, and scripts/make_figures.py draws
-every figure the README links under docs/figures/ from a run and a grid (here the tiny stream's)."""
+every figure the README links under docs/figures/ from a run and a grid (here the tiny stream's); the RL
+switch study's tables in docs/rl.md are those of its stored compare."""
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from mtil.cli import main
 
@@ -44,3 +47,15 @@ def test_make_figures_writes_every_figure_the_readme_links(tmp_path, stream_root
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_figures.py"), "--compare",
                           str(tmp_path / "missing")], capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("cell", ["switch_pilot", "switch", "switch_long_pilot", "switch_long"])
+def test_the_switch_study_tables_in_docs_rl_are_those_of_its_stored_compares(cell):
+    """docs/rl.md's switch-study tables are scripts/rl_switch_tables.py's output over docs/rl/<cell>_compare.json
+    (the compare of the cell's runs): every row the script prints stands in the page, so neither can drift."""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "rl_switch_tables.py"),
+                           str(ROOT / "docs" / "rl" / f"{cell}_compare.json")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    page = (ROOT / "docs" / "rl.md").read_text()
+    assert len(rows) == 15 and [row for row in rows if row not in page] == []
