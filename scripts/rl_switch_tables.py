@@ -52,7 +52,8 @@ def specialisation_table(compare: dict) -> list[str]:
                 continue
             above = sum(t > r for t, r in zip(s["js"]["values"], s["random_js"]["values"]))
             w0, w1 = s["newest"]
-            lines.append(f"| {g['label']} | {block} | {interval(s['js'], digits=3)} | {interval(s['random_js'], digits=3)} | "
+            js, random_js = interval(s["js"], digits=3), interval(s["random_js"], digits=3)
+            lines.append(f"| {g['label']} | {block} | {js} | {random_js} | "
                          f"{w0:.2f} -> {w1:.2f} (trained > random in {above}/{len(s['js']['values'])} seeds) |")
     return lines
 
